@@ -1,0 +1,87 @@
+"""State that a recomputing backward must replay or protect: RNG streams, module buffers, autocast.
+
+The same pattern as ``torch.utils.checkpoint``: random number generator states are captured before each
+evaluation of a residual function in the forward and restored before its recomputation; module buffers
+(BatchNorm running statistics) are snapshotted before the backward recomputes and restored after, so they
+change exactly once per step; the autocast state of the forward is re-entered for every recomputation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+
+class RNGLog:
+    """RNG states captured before each residual evaluation of the forward, replayed in reverse order.
+
+    Consecutive identical states are stored once, so a deterministic network keeps a single state (about
+    5 KB for the CPU generator), whatever its depth.
+    """
+
+    def __init__(self, *tensors: torch.Tensor):
+        self._devices_tensors = tensors
+        self._cpu: list[torch.Tensor] = []
+        self._dev: list[tuple[list[int], list[torch.Tensor]]] = []
+        self._index: list[int] = []  # evaluation k -> position of its state in the lists above
+        self._use_devices = any(t.device.type not in ("cpu", "meta") for t in tensors)
+
+    def record(self) -> None:
+        cpu = torch.get_rng_state()
+        dev = get_device_states(*self._devices_tensors) if self._use_devices else ([], [])
+        if self._cpu and torch.equal(cpu, self._cpu[-1]) and _same_device_states(dev, self._dev[-1]):
+            self._index.append(len(self._cpu) - 1)
+            return
+        self._cpu.append(cpu)
+        self._dev.append(dev)
+        self._index.append(len(self._cpu) - 1)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def restore(self, k: int) -> None:
+        """Set the generators to their state before forward evaluation ``k``."""
+        i = self._index[k]
+        torch.set_rng_state(self._cpu[i])
+        devices, states = self._dev[i]
+        if devices:
+            set_device_states(devices, states)
+
+    def fork(self):
+        """Context that restores the caller's RNG state when the backward is done."""
+        devices = self._dev[0][0] if self._dev else []
+        return torch.random.fork_rng(devices=devices, enabled=True)
+
+
+def _same_device_states(a, b) -> bool:
+    return a[0] == b[0] and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+@contextlib.contextmanager
+def buffers_unchanged(module: nn.Module | None):
+    """Restore every buffer of ``module`` on exit (BatchNorm statistics are updated once, in the forward)."""
+    if module is None:
+        yield
+        return
+    saved = [(b, b.clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+
+
+class AutocastState:
+    """The autocast setting of the forward for the state's device, re-entered around recomputations."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self.enabled = torch.is_autocast_enabled(device_type)
+        self.dtype = torch.get_autocast_dtype(device_type)
+
+    def __call__(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
