@@ -85,3 +85,27 @@ class AutocastState:
 
     def __call__(self):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+@contextlib.contextmanager
+def parameters_rebound(module: nn.Module | None, aliases: dict[int, torch.Tensor]):
+    """Within the context, every parameter ``p`` of ``module`` with ``id(p)`` in ``aliases`` reads as its alias.
+
+    Recomputing against detached aliases (rather than the parameters themselves) keeps user hooks on the
+    parameters from firing once per layer; the gradients reach the parameters once, from the autograd
+    Function. Tied parameters (one object under several names or modules) share one alias. Written here
+    because ``torch.func.functional_call`` (torch 2.13) leaves tied parameters as plain tensors on exit.
+    """
+    swapped = []
+    if module is not None and aliases:
+        for sub in module.modules():
+            for name, p in sub._parameters.items():
+                if p is not None and id(p) in aliases:
+                    swapped.append((sub, name, p))
+    try:
+        for sub, name, p in swapped:
+            sub._parameters[name] = aliases[id(p)]
+        yield
+    finally:
+        for sub, name, p in swapped:
+            sub._parameters[name] = p

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
-from torch.func import functional_call
 
 from .._checks import check_choice, check_real, internal_assert
 from ..integrators import LastCall
-from .replay_state import AutocastState, RNGLog, buffers_unchanged
+from .replay_state import AutocastState, RNGLog, buffers_unchanged, parameters_rebound
 from .trajectory import CheckedFunc, Trajectory, run_forward, stack_outputs
 
 ON_DRIFT = ("warn", "raise", "ignore")
@@ -84,25 +83,36 @@ def check_reversible(integrator, hs, mode: str) -> None:
 def solve_reversible(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, options: ReversibleOptions):
     """Integrate ``traj`` with the memory-free float-reversal gradient; returns ``(xs, vs)``, time first."""
     check_reversible(traj.integrator, [span.h for span in traj.spans], "reversible")
-    named = traj.named_trainable()
-    inputs = [p for _, p in named] + list(traj.extras)
+    params = traj.trainable()
+    inputs = params + list(traj.extras)
     needs_grad = torch.is_grad_enabled() and (
         x0.requires_grad or v0.requires_grad or any(t.requires_grad for t in inputs)
     )
+    if torch.is_grad_enabled() and not needs_grad:
+        _refuse_hidden_grad(traj, x0)
     if not needs_grad:  # inference: nothing to reverse
         with torch.no_grad():
             xs, vs = run_forward(traj, x0, v0)
         return stack_outputs(xs), stack_outputs(vs)
-    run = _Run(traj, [name for name, _ in named], options)
+    run = _Run(traj, params, options)
     return _ReversibleSolve.apply(run, x0, v0, *inputs)
+
+
+def _refuse_hidden_grad(traj: Trajectory, x0: torch.Tensor) -> None:
+    """Nothing declared needs a gradient: make sure the first residual does not read a tensor that does."""
+    with torch.random.fork_rng(devices=[]), buffers_unchanged(traj.root):
+        out = traj.funcs[0](traj.spans[0].t0, x0)
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        _GradSink([]).leaves_of(out, x0, 0)  # raises, naming the tensor
+        internal_assert(False, "a graph without leaves")
 
 
 class _Run:
     """Non-tensor context of one forward (what the backward needs besides the saved tensors)."""
 
-    def __init__(self, traj: Trajectory, param_names: list[str], options: ReversibleOptions):
+    def __init__(self, traj: Trajectory, params: list[torch.Tensor], options: ReversibleOptions):
         self.traj = traj
-        self.param_names = param_names
+        self.params = params  # the root's trainable parameters, in the order of the Function's inputs
         self.options = options
         self.rng: RNGLog | None = None
         self.autocast: AutocastState | None = None
@@ -115,7 +125,6 @@ class _ReversibleSolve(torch.autograd.Function):
         run.autocast = AutocastState(x0.device.type)
         xs, vs = run_forward(run.traj, x0, v0, on_eval=run.rng.record)
         ctx.run = run
-        ctx.n_params = len(run.param_names)
         ctx.save_for_backward(x0, xs[-1], vs[-1])
         return stack_outputs(xs), stack_outputs(vs)
 
@@ -125,23 +134,13 @@ class _ReversibleSolve(torch.autograd.Function):
         run: _Run = ctx.run
         x0, x, v = ctx.saved_tensors
         n_inputs = len(ctx.needs_input_grad) - 3
-        aliases = {}
+        params = run.params
         with torch.no_grad():
-            for name in run.param_names:
-                p = run.traj.root.get_parameter(name)
-                aliases[name] = p.detach().requires_grad_()
-        alias_list = list(aliases.values())
-        leaves = alias_list + list(run.traj.extras)
-        sink = _GradSink(leaves)
-
-        def reverse():
-            return _reverse(run, x, v, grad_xs, grad_vs, sink)
-
-        with run.rng.fork(), buffers_unchanged(run.traj.root), run.autocast():
-            if run.traj.root is not None and aliases:
-                x_rec, ax, av = functional_call(_Holder(run.traj.root), _prefixed(aliases), (reverse,))
-            else:
-                x_rec, ax, av = reverse()
+            aliases = [p.detach().requires_grad_() for p in params]
+        sink = _GradSink(aliases + list(run.traj.extras))
+        rebound = parameters_rebound(run.traj.root, {id(p): a for p, a in zip(params, aliases)})
+        with run.rng.fork(), buffers_unchanged(run.traj.root), run.autocast(), rebound:
+            x_rec, ax, av = _reverse(run, x, v, grad_xs, grad_vs, sink)
 
         _check_drift(x_rec, x0, run)
         grads = sink.result()
@@ -176,21 +175,6 @@ def _reverse(run: _Run, x, v, grad_xs, grad_vs, sink):
             k -= 1
     internal_assert(recorder.n_evals == len(run.rng), "the backward replays every forward evaluation once")
     return x, ax, av
-
-
-class _Holder(torch.nn.Module):
-    """Lets ``functional_call`` rebind the root's parameters around an arbitrary closure."""
-
-    def __init__(self, root):
-        super().__init__()
-        self.root = root
-
-    def forward(self, fn):
-        return fn()
-
-
-def _prefixed(aliases: dict) -> dict:
-    return {f"root.{name}": alias for name, alias in aliases.items()}
 
 
 @dataclass

@@ -55,11 +55,11 @@ class Trajectory:
     def n_steps(self) -> int:
         return len(self.spans)
 
-    def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+    def trainable(self) -> list[nn.Parameter]:
         """Unique trainable parameters of ``root`` (tied weights appear once)."""
         if self.root is None:
             return []
-        return [(name, p) for name, p in self.root.named_parameters() if p.requires_grad]
+        return [p for p in self.root.parameters() if p.requires_grad]
 
 
 def make_grid(times: list[float], step_size, n_steps, like: torch.Tensor):
