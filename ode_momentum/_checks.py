@@ -7,6 +7,7 @@ Internal invariants (our own bugs, not the user's) go through :func:`internal_as
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -20,7 +21,7 @@ def _show(value) -> str:
 
 def check_real(name: str, value) -> float:
     """Return ``value`` as a float, raising ``TypeError`` for non-numbers and ``ValueError`` for nan/inf."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         else:
@@ -59,7 +60,7 @@ def check_eps(eps) -> float:
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be a positive int; got {_show(value)}.")
     if value < 1:
         raise ValueError(f"`{name}` must be >= 1; got {value!r}.")

@@ -6,6 +6,8 @@ the time-first ``(xs, vs)``. Front ends validate the mode name and build the opt
 
 from __future__ import annotations
 
+import dataclasses
+
 from .._checks import check_choice
 from .backprop import solve_backprop
 from .reversible import (
@@ -32,11 +34,13 @@ def resolve_gradient(gradient: str, options: dict | None):
     check_choice("gradient", gradient, GRADIENTS)
     solve, options_class = GRADIENTS[gradient]
     options = dict(options or {})
-    try:
-        return solve, options_class(**options)
-    except TypeError as err:
-        raise TypeError(f"unknown option for gradient={gradient!r}: {err}. Valid: {options_class.__doc__}") from None
-
+    known = {f.name for f in dataclasses.fields(options_class)} if dataclasses.is_dataclass(options_class) else set()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for gradient={gradient!r}; valid options: {sorted(known) or 'none'}."
+        )
+    return solve, options_class(**options)
 
 __all__ = [
     "GRADIENTS",

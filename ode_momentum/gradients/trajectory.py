@@ -82,8 +82,8 @@ def make_grid(times: list[float], step_size, n_steps, like: torch.Tensor):
         step_size = check_real("step_size", step_size)
         if step_size <= 0:
             raise ValueError(f"`step_size` must be > 0; got {step_size!r}.")
-        # the fewest equal steps no longer than step_size (the 1e-9 slack absorbs t's own rounding)
-        counts = [max(1, math.ceil((b - a) / step_size - 1e-9)) for a, b in zip(times[:-1], times[1:])]
+        # the fewest equal steps no longer than step_size; the relative slack absorbs t's own rounding
+        counts = [max(1, math.ceil((b - a) / step_size * (1 - 1e-12))) for a, b in zip(times[:-1], times[1:])]
     points, hs, save_at = [times[0]], [], [0]
     for a, b, m in zip(times[:-1], times[1:], counts):
         h = (b - a) / m
@@ -115,6 +115,11 @@ class CheckedFunc:
             raise ValueError(
                 f"the residual function of step {self.step} must return a tensor of the state's shape "
                 f"{tuple(x.shape)}; got {got}. A residual block maps x to F(t, x) of the same shape."
+            )
+        if torch.promote_types(f.dtype, x.dtype) != x.dtype:
+            raise TypeError(
+                f"the residual function of step {self.step} returned dtype {f.dtype} for a state of dtype "
+                f"{x.dtype}; it would silently promote the whole solve. Cast the function (e.g. `.to({x.dtype})`)."
             )
         return f
 

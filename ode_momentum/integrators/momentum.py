@@ -60,13 +60,14 @@ class Momentum(_MomentumRule):
         return math.inf if gamma == 1.0 else 1.0 / (1.0 - gamma)
 
     def _damping(self, s):
-        if s > self.eps:
+        # h = eps up to rounding (e.g. output times every eps) is accepted: g is then 0, not -2e-16
+        if s > self.eps * (1.0 + 1e-12):
             raise ValueError(
                 f"method 'momentum' needs a step h <= eps (its damping is g = 1 - h/eps); got h = {s!r}, "
                 f"eps = {self.eps!r}, which gives g = {1.0 - s / self.eps if self.eps > 0 else -math.inf:.4g} < 0. "
                 "Use method='momentum_exp' (exact damping, any h) or a smaller step."
             )
-        return 1.0 - s / self.eps
+        return max(0.0, 1.0 - s / self.eps)
 
 
 class MomentumExp(_MomentumRule):

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_gamma, check_tensor
+from .._checks import check_finite, check_gamma, check_same_shape, check_tensor
 from ..gradients import Trajectory, make_grid, resolve_gradient
 from ..integrators import Momentum
 
@@ -106,12 +106,16 @@ class MomentumResNet(nn.Module):
     def forward_state(self, x: torch.Tensor, v: torch.Tensor | None = None, *args, **kwargs):
         """Return ``(x_N, v_N)`` from ``(x_0, v_0)``; ``v = None`` uses ``init_function`` or zeros."""
         x = check_tensor("x", x)
+        if not x.is_floating_point():
+            raise TypeError(f"`x` must be a floating-point tensor; got dtype {x.dtype}. Use `x.float()`.")
         if v is None:
             v = self.init_function(x) if self.init_function is not None else torch.zeros_like(x)
             if v.shape != x.shape:
                 raise ValueError(
                     f"`init_function` must return the shape of x, {tuple(x.shape)}; got {tuple(v.shape)}."
                 )
+        else:
+            check_same_shape("v", v, "x", x)
         traj = self._trajectory(x, args, kwargs)
         xs, vs = self._solve(traj, x, v, self._options)
         return xs[-1], vs[-1]
@@ -129,6 +133,7 @@ class MomentumResNet(nn.Module):
         """
         check_gamma(self.gamma, allow_zero=False)
         check_finite("x", x)
+        check_same_shape("v", v, "x", x)
         check_finite("v", v)
         traj = self._trajectory(x, args, kwargs)
         for n in range(traj.n_steps - 1, -1, -1):
