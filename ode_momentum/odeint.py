@@ -84,6 +84,19 @@ def odeint(
     ----------
     Sander et al., ICML 2021, section 3 (the momentum ODE); torchdiffeq's ``odeint`` (calling conventions).
     """
+    solve, options = resolve_gradient(gradient, gradient_options)
+    traj, x0, v0 = build_trajectory(
+        func, y0, t, eps=eps, method=method, step_size=step_size, n_steps=n_steps, params=params
+    )
+    return solve(traj, x0, v0, options)
+
+
+def build_trajectory(func, y0, t, *, eps, method="leapfrog", step_size=None, n_steps=None, params=()):
+    """Validate :func:`odeint`'s arguments and return ``(trajectory, x0, v0)``, the solve it would run.
+
+    Raises the errors documented in :func:`odeint`; used by ``odeint``, ``MomentumODE`` and the analysis
+    helpers.
+    """
     if not callable(func):
         raise TypeError(f"`func` must be callable as func(t, x); got {type(func).__name__}.")
     x0, v0 = _check_y0(y0)
@@ -91,14 +104,13 @@ def odeint(
     eps = check_eps(eps)
     check_choice("method", method, INTEGRATORS)
     integrator = INTEGRATORS[method](eps)
-    solve, options = resolve_gradient(gradient, gradient_options)
     spans, save_at = make_grid(t.tolist(), step_size, n_steps, x0)
     for h in {span.h for span in spans}:
         integrator.damping(h)  # raises for h > eps with method "momentum"
     extras = tuple(check_tensor("params", p) for p in params)
     root = func if isinstance(func, nn.Module) else None
     traj = Trajectory(integrator, [func] * len(spans), spans, save_at, root=root, extras=extras)
-    return solve(traj, x0, v0, options)
+    return traj, x0, v0
 
 
 def _check_y0(y0):

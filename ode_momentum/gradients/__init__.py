@@ -10,10 +10,13 @@ import dataclasses
 
 from .._checks import check_choice
 from .backprop import solve_backprop
+from .exact import AutoOptions, ExactOptions, ExactReversalError, FixedPointRangeError, solve_auto, solve_exact
 from .reversible import (
+    CheckpointOptions,
     ReconstructionDriftError,
     ReconstructionDriftWarning,
     ReversibleOptions,
+    solve_checkpoint,
     solve_reversible,
 )
 from .trajectory import Trajectory, make_grid
@@ -26,6 +29,9 @@ class BackpropOptions:
 GRADIENTS = {
     "backprop": (solve_backprop, BackpropOptions),
     "reversible": (solve_reversible, ReversibleOptions),
+    "checkpoint": (solve_checkpoint, CheckpointOptions),
+    "exact": (solve_exact, ExactOptions),
+    "auto": (solve_auto, AutoOptions),
 }
 
 
@@ -43,6 +49,11 @@ def resolve_gradient(gradient: str, options: dict | None):
     return solve, options_class(**options)
 
 __all__ = [
+    "AutoOptions",
+    "CheckpointOptions",
+    "ExactOptions",
+    "ExactReversalError",
+    "FixedPointRangeError",
     "GRADIENTS",
     "ReconstructionDriftError",
     "ReconstructionDriftWarning",

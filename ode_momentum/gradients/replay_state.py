@@ -22,7 +22,8 @@ class RNGLog:
     5 KB for the CPU generator), whatever its depth.
     """
 
-    def __init__(self, *tensors: torch.Tensor):
+    def __init__(self, *tensors: torch.Tensor, enabled: bool = True):
+        self.enabled = enabled
         self._devices_tensors = tensors
         self._cpu: list[torch.Tensor] = []
         self._dev: list[tuple[list[int], list[torch.Tensor]]] = []
@@ -30,6 +31,9 @@ class RNGLog:
         self._use_devices = any(t.device.type not in ("cpu", "meta") for t in tensors)
 
     def record(self) -> None:
+        if not self.enabled:
+            self._index.append(-1)
+            return
         cpu = torch.get_rng_state()
         dev = get_device_states(*self._devices_tensors) if self._use_devices else ([], [])
         if self._cpu and torch.equal(cpu, self._cpu[-1]) and _same_device_states(dev, self._dev[-1]):
@@ -45,6 +49,8 @@ class RNGLog:
     def restore(self, k: int) -> None:
         """Set the generators to their state before forward evaluation ``k``."""
         i = self._index[k]
+        if i < 0:
+            return
         torch.set_rng_state(self._cpu[i])
         devices, states = self._dev[i]
         if devices:

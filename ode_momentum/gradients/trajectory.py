@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_real, internal_assert
-from ..integrators import AbstractIntegrator, LastCall, Span
+from ..integrators import FLOAT, AbstractIntegrator, LastCall, Span
 from ..integrators.base import Func
 
 
@@ -124,11 +124,13 @@ class CheckedFunc:
         return f
 
 
-def run_forward(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, *, on_eval=None):
-    """Integrate ``traj`` from ``(x0, v0)``; returns the lists of saved ``x`` and ``v`` and the final state.
+def run_forward(traj: Trajectory, x0, v0, *, on_eval=None, ops=FLOAT, on_step=None, decode=None):
+    """Integrate ``traj`` from ``(x0, v0)``; returns the lists of saved ``x`` and ``v``.
 
-    Autograd records whatever the caller's grad mode allows. ``on_eval()``, if given, is called before
-    every actual evaluation of a residual function (not before reused ones), in order.
+    Autograd records whatever the caller's grad mode allows. ``ops`` is the arithmetic of the steps and
+    ``decode`` turns a state into the float tensor the residual functions see (identity by default).
+    ``on_eval()``, if given, is called before every actual evaluation of a residual function (not before
+    reused ones), in order; ``on_step(n, x, v)`` before step ``n`` and once more with ``n = N`` at the end.
     """
     memos: dict[int, LastCall] = {}
     saves = iter(traj.save_at)
@@ -136,6 +138,8 @@ def run_forward(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, *, on_eval
     xs, vs = [], []
     x, v = x0, v0
     for n in range(traj.n_steps + 1):
+        if on_step is not None:
+            on_step(n, x, v)
         if n == next_save:
             xs.append(x)
             vs.append(v)
@@ -146,18 +150,19 @@ def run_forward(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, *, on_eval
         memo = memos.get(id(func))
         if memo is None:
             memos.clear()  # a new function: earlier evaluations cannot be reused
-            memo = memos[id(func)] = LastCall(_Evaluator(func, n, on_eval))
+            memo = memos[id(func)] = LastCall(_Evaluator(func, n, on_eval, decode))
         memo.func.step = n
-        x, v = traj.integrator.step(memo, x, v, traj.spans[n])
+        x, v = traj.integrator.step(memo, x, v, traj.spans[n], ops)
     return xs, vs
 
 
 class _Evaluator(CheckedFunc):
-    def __init__(self, func, step, on_eval):
+    def __init__(self, func, step, on_eval, decode):
         super().__init__(func, step)
         self.on_eval = on_eval
+        self.decode = decode
 
     def __call__(self, t, x):
         if self.on_eval is not None:
             self.on_eval()
-        return super().__call__(t, x)
+        return super().__call__(t, x if self.decode is None else self.decode(x))

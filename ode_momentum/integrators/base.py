@@ -10,9 +10,11 @@ Contract for implementers (numbered, as in scipy's ``OdeSolver``):
    (evaluations of ``F`` per step once first-same-as-last reuse is counted) and ``reversible``.
 2. Write ``step`` using only the primitive sub-flows of an arithmetic object ``ops``:
    ``ops.damp(v, g)`` (``v <- g v``), ``ops.kick(v, c, f)`` (``v <- v + c f``) and ``ops.drift(x, h, v)``
-   (``x <- x + h v``). Nothing else may touch the state. The float arithmetic below is the default; the
-   exact (fixed-point) gradient mode swaps in its own, so a scheme written this way is bit-exactly
-   reversible for free.
+   (``x <- x + h v``). Nothing else may touch the state. Pass every damping factor through
+   ``g = ops.coefficient(g)`` first and derive the kick from the result (``c = 1 - g``), so that an arithmetic
+   that can only multiply by certain numbers (the exact mode's dyadic rationals) keeps the scheme consistent.
+   The float arithmetic below is the default; the exact (fixed-point) gradient mode swaps in its own, so a
+   scheme written this way is bit-exactly reversible for free.
 3. A reversible scheme writes ``inverse_step`` with the inverse primitives (``undamp``, ``unkick``,
    ``undrift``) applied in the reverse order, evaluating ``F`` at the same ``(t, x)`` as the forward did.
 4. Evaluate ``F`` only through ``func(t, x)``, with ``t`` one of ``span.t0`` / ``span.t1`` (or a tensor built
@@ -49,6 +51,11 @@ class Span:
 
 class FloatArithmetic:
     """The primitive sub-flows in floating point (the state's dtype). Inverses are exact up to rounding."""
+
+    @staticmethod
+    def coefficient(g: float) -> float:
+        """The damping factor this arithmetic applies for a requested ``g`` (float: ``g`` itself)."""
+        return g
 
     @staticmethod
     def damp(v: torch.Tensor, g: float) -> torch.Tensor:

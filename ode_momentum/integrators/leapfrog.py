@@ -33,14 +33,14 @@ class Leapfrog(AbstractReversibleIntegrator):
     _damping = MomentumExp._damping
 
     def step(self, func, x, v, span, ops=FLOAT):
-        g = self.damping(0.5 * span.h)
+        g = ops.coefficient(self.damping(0.5 * span.h))
         v = ops.kick(ops.damp(v, g), 1.0 - g, func(span.t0, x))
         x = ops.drift(x, span.h, v)
         v = ops.kick(ops.damp(v, g), 1.0 - g, func(span.t1, x))
         return x, v
 
     def inverse_step(self, func, x, v, span, ops=FLOAT):
-        g = self.damping(0.5 * span.h)
+        g = ops.coefficient(self.damping(0.5 * span.h))
         v = ops.undamp(ops.unkick(v, 1.0 - g, func(span.t1, x)), g)
         x = ops.undrift(x, span.h, v)
         v = ops.undamp(ops.unkick(v, 1.0 - g, func(span.t0, x)), g)

@@ -22,14 +22,14 @@ class _MomentumRule(AbstractReversibleIntegrator):
     n_evals = 1
 
     def step(self, func, x, v, span, ops=FLOAT):
-        g = self.damping(span.h)
+        g = ops.coefficient(self.damping(span.h))
         f = func(span.t0, x)
         v = ops.kick(ops.damp(v, g), 1.0 - g, f)
         x = ops.drift(x, span.h, v)
         return x, v
 
     def inverse_step(self, func, x, v, span, ops=FLOAT):
-        g = self.damping(span.h)
+        g = ops.coefficient(self.damping(span.h))
         x = ops.undrift(x, span.h, v)
         f = func(span.t0, x)
         v = ops.undamp(ops.unkick(v, 1.0 - g, f), g)

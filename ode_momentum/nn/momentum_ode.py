@@ -7,9 +7,10 @@ from torch import nn
 
 from .._checks import check_choice, check_eps, check_positive_int, check_real
 from ..gradients import resolve_gradient
-from ..gradients.reversible import check_reversible
-from ..integrators import INTEGRATORS
-from ..odeint import odeint
+from ..gradients.exact import effective_gamma
+from ..gradients.reversal import check_reversible
+from ..integrators import INTEGRATORS, FloatArithmetic, Span
+from ..odeint import build_trajectory
 
 
 class MomentumODE(nn.Module):
@@ -29,8 +30,10 @@ class MomentumODE(nn.Module):
         Number of fixed steps, ``h = t1 / n_steps``.
     method : str
         A key of ``ode_momentum.INTEGRATORS`` (default ``"leapfrog"``, order 2).
-    gradient : {"reversible", "backprop"}
-        Memory-free float reversal (reversible methods, ``eps > 0``) or plain autograd.
+    gradient : {"reversible", "exact", "checkpoint", "auto", "backprop"}
+        A key of ``ode_momentum.GRADIENTS``; the memory-free modes need a reversible method and ``eps > 0``
+        (see :class:`MomentumResNet`). In ``"exact"`` mode the damping ``exp(-h/eps)`` is quantised to a dyadic
+        rational (:attr:`effective_eps`).
     gradient_options : dict, optional
         Options of the gradient mode.
 
@@ -67,13 +70,23 @@ class MomentumODE(nn.Module):
         self.n_steps = check_positive_int("n_steps", n_steps)
         self.method = check_choice("method", method, INTEGRATORS)
         self.gradient = gradient
-        self.gradient_options = gradient_options
-        resolve_gradient(gradient, gradient_options)
+        self._solve, self._options = resolve_gradient(gradient, gradient_options)
         integrator = INTEGRATORS[method](self.eps)
         h = self.t1 / self.n_steps
         integrator.damping(h)  # raises for h > eps with "momentum"
         if gradient != "backprop":
             check_reversible(integrator, [h], gradient)
+
+    @property
+    def effective_eps(self) -> float:
+        """The ``eps`` the forward integrates with: ``eps`` itself, or in the ``"exact"`` / ``"auto"`` modes the
+        one implied by the quantised damping factor of the scheme's (first) damping sub-step."""
+        if self.gradient not in ("exact", "auto") or self.eps == 0:
+            return self.eps
+        integrator = INTEGRATORS[self.method](self.eps)
+        g = _first_damping(integrator, self.t1 / self.n_steps)
+        g_eff = effective_gamma(g, self._options.gamma_bits)
+        return self.eps * integrator.eps_for_gamma(g_eff) / integrator.eps_for_gamma(g)
 
     def extra_repr(self) -> str:
         return (
@@ -87,16 +100,29 @@ class MomentumODE(nn.Module):
 
     def forward_state(self, x: torch.Tensor, v0: torch.Tensor | None = None):
         """Return ``(x(t1), v(t1))``."""
-        t = torch.tensor([0.0, self.t1], dtype=x.dtype if x.is_floating_point() else None, device=x.device)
-        xs, vs = odeint(
-            self.func,
-            (x, v0),
-            t,
-            eps=self.eps,
-            method=self.method,
-            n_steps=self.n_steps,
-            gradient=self.gradient,
-            gradient_options=self.gradient_options,
-        )
+        traj, x, v0 = self.trajectory(x, v0)
+        xs, vs = self._solve(traj, x, v0, self._options)
         return xs[-1], vs[-1]
 
+    def trajectory(self, x: torch.Tensor, v0: torch.Tensor | None = None):
+        """``(trajectory, x0, v0)``: the validated solve this layer runs (``ode_momentum.gradients``)."""
+        t = torch.tensor([0.0, self.t1], dtype=x.dtype if x.is_floating_point() else None, device=x.device)
+        return build_trajectory(self.func, (x, v0), t, eps=self.eps, method=self.method, n_steps=self.n_steps)
+
+
+class _FirstDamping(FloatArithmetic):
+    """Arithmetic that records the first damping factor a scheme asks for."""
+
+    def __init__(self):
+        self.g = None
+
+    def coefficient(self, g):
+        if self.g is None:
+            self.g = g
+        return g
+
+
+def _first_damping(integrator, h: float) -> float:
+    ops, zero = _FirstDamping(), torch.zeros(())
+    integrator.step(lambda t, x: x, zero, zero, Span(zero, zero + h, h), ops)
+    return ops.g

@@ -9,10 +9,8 @@ from torch import nn
 
 from .._checks import check_finite, check_gamma, check_same_shape, check_tensor
 from ..gradients import Trajectory, make_grid, resolve_gradient
+from ..gradients.exact import effective_gamma
 from ..integrators import Momentum
-
-MODULE_GRADIENTS = ("backprop", "reversible")
-
 
 class MomentumResNet(nn.Module):
     """Momentum residual stack (Sander et al. 2021, eq. (3)), differentiable in O(1) activation memory.
@@ -38,12 +36,16 @@ class MomentumResNet(nn.Module):
     residual : bool
         ``True``: each module *is* the residual ``f_n``. ``False``: each module is a whole block that already
         adds its skip, ``block(x) = x + f(x)``, so ``f_n(x) = block(x) - x`` (converted ResNet blocks).
-    gradient : {"reversible", "backprop"}
-        ``"reversible"``: float reversal, activation memory independent of depth, reconstruction drift
-        checked in the backward. ``"backprop"``: plain autograd (memory grows with depth).
+    gradient : {"reversible", "exact", "checkpoint", "auto", "backprop"}
+        How to differentiate (``ode_momentum.GRADIENTS``). ``"reversible"``: float reversal, activation
+        memory independent of depth, reconstruction drift checked in the backward. ``"exact"``: int64 fixed
+        point with a bit buffer, gradients exact at any depth (the damping is the dyadic
+        :attr:`effective_gamma`). ``"checkpoint"``: float reversal inside stored segments. ``"auto"``:
+        ``"reversible"`` when its predicted drift is tiny, else ``"exact"``. ``"backprop"``: plain autograd
+        (memory grows with depth).
     gradient_options : dict, optional
-        Options of the gradient mode (``{"drift_tol": ..., "on_drift": "warn" | "raise" | "ignore"}`` for
-        ``"reversible"``).
+        Options of the gradient mode, e.g. ``{"drift_tol": 1e-6, "on_drift": "raise"}`` (reversible),
+        ``{"frac_bits": 44, "gamma_bits": 30}`` (exact), ``{"every": 8}`` (checkpoint).
 
     Raises
     ------
@@ -95,8 +97,19 @@ class MomentumResNet(nn.Module):
     def depth(self) -> int:
         return len(self.functions)
 
+    @property
+    def effective_gamma(self) -> float:
+        """The damping the forward actually applies: ``gamma`` itself, or its dyadic quantisation
+        ``round(gamma 2^k) / 2^k`` in the ``"exact"`` and ``"auto"`` modes (within ``2^-(k+1)``)."""
+        if self.gradient in ("exact", "auto") and self.gamma > 0:
+            return effective_gamma(self.gamma, self._options.gamma_bits)
+        return self.gamma
+
     def extra_repr(self) -> str:
-        return f"depth={self.depth}, gamma={self.gamma}, residual={self.residual}, gradient={self.gradient!r}"
+        gamma = f"gamma={self.gamma}"
+        if self.effective_gamma != self.gamma:
+            gamma += f" (effective {self.effective_gamma!r})"
+        return f"depth={self.depth}, {gamma}, residual={self.residual}, gradient={self.gradient!r}"
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Return ``x_N`` for input ``x`` of shape ``(batch, *features)`` (floating); extra arguments go to
@@ -116,7 +129,7 @@ class MomentumResNet(nn.Module):
                 )
         else:
             check_same_shape("v", v, "x", x)
-        traj = self._trajectory(x, args, kwargs)
+        traj = self.trajectory(x, *args, **kwargs)
         xs, vs = self._solve(traj, x, v, self._options)
         return xs[-1], vs[-1]
 
@@ -135,12 +148,13 @@ class MomentumResNet(nn.Module):
         check_finite("x", x)
         check_same_shape("v", v, "x", x)
         check_finite("v", v)
-        traj = self._trajectory(x, args, kwargs)
+        traj = self.trajectory(x, *args, **kwargs)
         for n in range(traj.n_steps - 1, -1, -1):
             x, v = self._integrator.inverse_step(traj.funcs[n], x, v, traj.spans[n])
         return x, v
 
-    def _trajectory(self, x, args, kwargs) -> Trajectory:
+    def trajectory(self, x: torch.Tensor, *args, **kwargs) -> Trajectory:
+        """The solve this stack runs for input ``x`` (``ode_momentum.gradients.Trajectory``), for analysis."""
         key = (self.depth, x.dtype, x.device)
         if key not in self._grids:
             self._grids[key] = make_grid([0.0, float(self.depth)], None, self.depth, x)

@@ -1,0 +1,326 @@
+"""Bit-exact memory-free gradients (``gradient="exact"``) and the automatic choice (``gradient="auto"``).
+
+The state ``(x, v)`` is held as int64 fixed point with ``frac_bits`` fractional bits; every damping factor
+is quantised to the dyadic rational ``g' = n / 2^gamma_bits`` (the *effective* gamma, within ``2^-31`` of
+the float one at the default 30 bits: below float32 rounding) and applied by an exact multiply whose lost
+bits go to a :class:`~ode_momentum.gradients.fixed_point.BitBuffer`. Kicks and drifts add deterministic
+integer amounts. The reverse sweep therefore reconstructs every state bit for bit, at any depth; the
+gradient is that of the fixed-point forward written straight-through (its value is the integer state, its
+derivative the real recurrence with ``g'``).
+
+Integrity checks make silent failure impossible: a checksum of ``(X_n, V_n)`` per step, compared in the
+backward, names the first step whose recomputation differs (dropout without replay, a weight changed
+between forward and backward, a nondeterministic kernel); the buffer must end empty and ``(X_0, V_0)``
+must equal the encoded inputs; a value that would leave the int64 range raises with its step.
+
+References
+----------
+``reference/exact_reversal.md`` sections 6-8; Maclaurin, Duvenaud & Adams, ICML 2015.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_positive_int, internal_assert
+from ..integrators import FloatArithmetic
+from . import fixed_point as fp
+from .reversal import check_reversible, solve_with_reversal
+from .reversible import DEFAULT_DRIFT_TOL, FloatSystem, ReversibleOptions, predicted_drift
+from .trajectory import Trajectory
+
+
+class ExactReversalError(RuntimeError):
+    """A memory-free exact backward found that the recomputation is not the forward (names the step)."""
+
+
+class FixedPointRangeError(ValueError):
+    """A state or increment does not fit the fixed-point range (names the step and the fix)."""
+
+
+@dataclass
+class ExactOptions:
+    """Options of ``gradient="exact"``.
+
+    frac_bits : int
+        Fractional bits ``R`` of the int64 state (default 44: resolution ``2^-44 = 5.7e-14``, range
+        ``|x|, |v| < 2^(62 - R) = 2^18``).
+    gamma_bits : int
+        Bits ``k`` of the dyadic damping factors ``n / 2^k`` (default 30, at most 30 so that no intermediate
+        exceeds int64: ``|g' - g| <= 2^-31``).
+    replay_rng : bool
+        Replay each residual evaluation's random number generator state in the backward (default True;
+        ``False`` only to show that the checksums catch unreplayed dropout).
+    """
+
+    frac_bits: int = 44
+    gamma_bits: int = 30
+    replay_rng: bool = True
+
+    def __post_init__(self):
+        check_positive_int("frac_bits", self.frac_bits)
+        check_positive_int("gamma_bits", self.gamma_bits)
+        if not 8 <= self.frac_bits <= 60:
+            raise ValueError(f"`frac_bits` must lie in [8, 60]; got {self.frac_bits}.")
+        if not 8 <= self.gamma_bits <= 30:
+            raise ValueError(f"`gamma_bits` must lie in [8, 30] (int64 intermediates); got {self.gamma_bits}.")
+
+
+@dataclass
+class AutoOptions(ReversibleOptions):
+    """Options of ``gradient="auto"``: those of ``"reversible"`` (used when it is chosen) and of ``"exact"``.
+
+    The rule: float reversal when its predicted drift ``u * prod_n 1/gamma_n`` (``u`` the unit roundoff of
+    the state's dtype) is at most ``drift_tol / 100``, exact fixed point otherwise. Float32 at gamma 0.9
+    stays in float reversal up to depth 26.
+    """
+
+    frac_bits: int = 44
+    gamma_bits: int = 30
+
+    def __post_init__(self):
+        super().__post_init__()
+        ExactOptions(self.frac_bits, self.gamma_bits, self.replay_rng)
+
+
+def solve_exact(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, options: ExactOptions):
+    """Integrate ``traj`` with the bit-exact memory-free gradient; returns ``(xs, vs)``, time first."""
+    check_reversible(traj.integrator, [span.h for span in traj.spans], "exact")
+    return solve_with_reversal(traj, x0, v0, FixedPointSystem(traj, options))
+
+
+def solve_auto(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, options: AutoOptions):
+    """``reversible`` when the predicted float drift is tiny, ``exact`` otherwise (see :class:`AutoOptions`)."""
+    check_reversible(traj.integrator, [span.h for span in traj.spans], "auto")
+    if predicted_drift(traj, x0.dtype) <= options.drift_tol / 100:
+        return solve_with_reversal(traj, x0, v0, FloatSystem(traj, options, every=None))
+    exact = ExactOptions(options.frac_bits, options.gamma_bits, options.replay_rng)
+    return solve_with_reversal(traj, x0, v0, FixedPointSystem(traj, exact))
+
+
+def effective_gamma(gamma: float, gamma_bits: int = ExactOptions.gamma_bits) -> float:
+    """The dyadic damping factor the exact mode uses for ``gamma``: ``round(gamma 2^k) / 2^k``."""
+    return fp.quantise(gamma, gamma_bits) / 2**gamma_bits
+
+
+class QuantisedFloat(FloatArithmetic):
+    """Float arithmetic with the exact mode's dyadic damping factors (the straight-through derivative)."""
+
+    def __init__(self, gamma_bits: int):
+        self.k = gamma_bits
+
+    def coefficient(self, g: float) -> float:
+        if g == 1.0 or g == -1.0:
+            return g
+        sign = -1.0 if g < 0 else 1.0
+        return sign * fp.quantise(abs(g), self.k) / 2**self.k
+
+
+class FixedPointArithmetic(QuantisedFloat):
+    """The primitive sub-flows on int64 fixed-point states; damping is an exact multiply into ``buffer``.
+
+    ``buffer=None`` (inference) skips storing the lost bits; the values are identical.
+    """
+
+    def __init__(self, frac_bits: int, gamma_bits: int, buffer: fp.BitBuffer | None, guard: "_RangeGuard"):
+        super().__init__(gamma_bits)
+        self.R = frac_bits
+        self.buffer = buffer
+        self.guard = guard
+        self.n_mul = 0  # multiplies done so far: indexes the dither
+
+    def _factor(self, g: float) -> tuple[int, bool]:
+        n = round(abs(g) * 2**self.k)
+        internal_assert(n == abs(g) * 2**self.k, "damping factors reach the arithmetic quantised")
+        return n, g < 0
+
+    def damp(self, V, g):
+        n, negate = self._factor(g)
+        if negate:
+            V = -V
+        if n == 1 << self.k:
+            return V
+        W, j, m = fp.exact_mul(V, n, self.k, fp.dither(self.n_mul, self.k))
+        self.n_mul += 1
+        if self.buffer is not None:
+            self.buffer.push(j, m, fp.max_block(n, self.k))
+        if n > 1 << self.k:
+            self.guard.check(W)
+        return W
+
+    def undamp(self, W, g):
+        n, negate = self._factor(g)
+        if n != 1 << self.k:
+            self.n_mul -= 1
+            W = fp.exact_div(W, n, self.k, fp.dither(self.n_mul, self.k), self.buffer.pop)
+        return -W if negate else W
+
+    def _increment(self, c, f):
+        inc = fp.scaled(f, c, self.R)
+        self.guard.check(inc)
+        return torch.round(inc).long()
+
+    def kick(self, V, c, f):
+        V = V + self._increment(c, f)
+        self.guard.check(V)
+        return V
+
+    def unkick(self, V, c, f):
+        return V - torch.round(fp.scaled(f, c, self.R)).long()
+
+    def _shift(self, h, V):
+        return V if h == 1.0 else torch.round(V.double() * h).long()
+
+    def drift(self, X, h, V):
+        X = X + self._shift(h, V)
+        self.guard.check(X)
+        return X
+
+    def undrift(self, X, h, V):
+        return X - self._shift(h, V)
+
+
+class _RangeGuard:
+    """Collects, per step, whether every value stayed inside ``+-2^62`` (nan and inf fail); checked once."""
+
+    def __init__(self):
+        self.flags: list[torch.Tensor] = []
+        self.steps: list[int] = []
+        self.step = 0
+
+    def check(self, t: torch.Tensor) -> None:
+        limit = fp.RANGE if t.is_floating_point() else 2**fp.RANGE_BITS
+        self.flags.append((t.abs() < limit).all())
+        self.steps.append(self.step)
+
+    def first_bad_step(self) -> int | None:
+        if not self.flags:
+            return None
+        ok = torch.stack(self.flags)
+        if bool(ok.all()):
+            return None
+        return self.steps[int((~ok).nonzero()[0, 0])]
+
+
+def _checksum(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Order-free int64 checksum of a state (sums wrap modulo 2^64, so any summation order agrees)."""
+    return X.sum() * 3 + V.sum()
+
+
+class FixedPointSystem:
+    """State system of the exact mode: int64 fixed point, exact damping, checksums and a range guard."""
+
+    def __init__(self, traj: Trajectory, options: ExactOptions):
+        self.traj = traj
+        self.options = options
+        self.R, self.k = options.frac_bits, options.gamma_bits
+        self.recompute_ops = QuantisedFloat(self.k)
+        self.dtype: torch.dtype | None = None
+        self.guard = _RangeGuard()
+        self.buffer: fp.BitBuffer | None = None
+        self.checksums: list[torch.Tensor] = []
+        self._ops: FixedPointArithmetic | None = None
+
+    def encode(self, x0, v0):
+        self.dtype = x0.dtype
+        limit = 2.0 ** (fp.RANGE_BITS - self.R)
+        for name, t in (("x0", x0), ("v0", v0)):
+            big = float(t.detach().abs().max()) if t.numel() else 0.0
+            if not big < limit:
+                raise FixedPointRangeError(
+                    f"`{name}` has entries of magnitude {big:.4g}, outside the exact mode's range |x| < "
+                    f"2^(62 - frac_bits) = {limit:g}. Normalise the input or lower `frac_bits` in "
+                    "gradient_options."
+                )
+        return fp.encode(x0.detach(), self.R), fp.encode(v0.detach(), self.R)
+
+    def decode(self, X):
+        return fp.decode(X, self.R, self.dtype)
+
+    def training_ops(self, V):
+        self.buffer = fp.BitBuffer(V)
+        self._ops = FixedPointArithmetic(self.R, self.k, self.buffer, self.guard)
+        return self._ops
+
+    def inference_ops(self):
+        return FixedPointArithmetic(self.R, self.k, None, self.guard)
+
+    def on_step(self, n, X, V):
+        self.guard.step = n
+        if n < self.traj.n_steps and self._ops is not None:
+            self.checksums.append(_checksum(X, V))
+
+    def end_forward(self):
+        bad = self.guard.first_bad_step()
+        self.guard = _RangeGuard()
+        if bad is not None:
+            raise FixedPointRangeError(
+                f"step {bad} left the exact mode's fixed-point range: a state or a residual increment exceeded "
+                f"2^(62 - frac_bits) = {2.0 ** (fp.RANGE_BITS - self.R):g} in magnitude (or was nan/inf). "
+                "Normalise the residual functions' outputs, or lower `frac_bits` in gradient_options."
+            )
+
+    def tensors_to_save(self, x0, v0):
+        self.n_mul = self._ops.n_mul
+        self._spill_at, self._pushes = list(self.buffer.spill_at), self.buffer.pushes
+        self._bound = self.buffer._bound_bits
+        self.bits = self.buffer.bits_per_element()
+        words = self.buffer.words()
+        self.buffer = None  # the words now live in the autograd context
+        return [x0.detach(), v0.detach(), *words]
+
+    def start_backward(self, saved):
+        x0, v0, *words = saved
+        buffer = fp.BitBuffer.__new__(fp.BitBuffer)
+        buffer.word, buffer.stack = words[-1], list(words[:-1])
+        buffer.spill_at, buffer.pushes, buffer._bound_bits = list(self._spill_at), self._pushes, self._bound
+        ops = FixedPointArithmetic(self.R, self.k, buffer, _RangeGuard())
+        ops.n_mul = self.n_mul
+        return _ExactReverse(self, ops, x0, v0)
+
+
+class _ExactReverse:
+    def __init__(self, system: FixedPointSystem, ops: FixedPointArithmetic, x0, v0):
+        self.system, self.ops, self.x0, self.v0 = system, ops, x0, v0
+        self.checksums: list[torch.Tensor] = []
+
+    def after_inverse(self, n, X, V):
+        self.checksums.append(_checksum(X, V))
+        return X, V
+
+    def finish(self, X, V):
+        system = self.system
+        got = torch.stack(self.checksums[::-1])
+        want = torch.stack(system.checksums)
+        bad = (got != want).nonzero()
+        if bad.numel():
+            n = int(bad[-1, 0])  # the backward meets the last step first
+            raise ExactReversalError(
+                f"exact reversal mismatch at step {n} (layer {n} of a MomentumResNet): the recomputed residual "
+                "differs from the forward's. Something changed between forward and backward: a parameter "
+                "modified in place, dropout or other randomness not replayed, or a nondeterministic kernel "
+                "(use torch.use_deterministic_algorithms(True)). The gradients would be wrong, so none are "
+                "returned."
+            )
+        internal_assert(self.ops.buffer.is_empty(), "the bit buffer is empty after an exact reversal")
+        internal_assert(self.ops.n_mul == 0, "every exact multiply was undone")
+        if not (torch.equal(X, fp.encode(self.x0, system.R)) and torch.equal(V, fp.encode(self.v0, system.R))):
+            raise ExactReversalError(
+                "exact reversal did not recover the initial state (x_0, v_0) although every step checksum "
+                "matched: the initial velocity or input changed after the forward."
+            )
+
+
+__all__ = [
+    "AutoOptions",
+    "ExactOptions",
+    "ExactReversalError",
+    "FixedPointArithmetic",
+    "FixedPointRangeError",
+    "QuantisedFloat",
+    "effective_gamma",
+    "solve_auto",
+    "solve_exact",
+]

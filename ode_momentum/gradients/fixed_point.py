@@ -1,0 +1,182 @@
+"""Exact integer arithmetic for bit-exact reversal: fixed point, an exact rational multiply, a bit buffer.
+
+The state lives in int64 with ``R`` fractional bits (value ``X / 2^R``). Additive updates ("shears": a
+kick by a function of ``x``, a drift by a function of ``v``) are exact in integers: the added amount is a
+deterministic function of the other variable, recomputed identically in reverse. Only a multiplication of
+the velocity by the damping factor ``g' = n / 2^k`` loses information; :func:`exact_mul` says exactly which
+of the ``m`` inputs that share the rounded output was taken (``j in [0, m)``), and :class:`BitBuffer` stores
+``j`` in mixed radix, ``B <- B m + j``. With ``g' >= 1/2`` at most one bit per element per multiply is
+stored, ``2 (1 - g')`` bits on average for random low bits; expanding factors (``g' > 1``) store nothing.
+
+Floor semantics throughout (arithmetic shifts, ``rounding_mode="floor"``): truncating division paired with
+a floor modulo is not invertible for negative values, the bug of the reference package.
+
+References
+----------
+Maclaurin, Duvenaud, Adams, "Gradient-based hyperparameter optimization through reversible learning",
+ICML 2015 (exact multiply and information buffer); MacKay et al., NeurIPS 2018 (spilling buffer words);
+``reference/exact_reversal.md`` section 6 (this "floor" variant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# |X|, |V| and every added amount stay below 2^62, so the sum of two never wraps past int64's 2^63.
+RANGE_BITS = 62
+RANGE = float(2**RANGE_BITS)
+
+
+def quantise(g: float, gamma_bits: int) -> int:
+    """Numerator ``n`` of the dyadic damping factor ``n / 2^gamma_bits`` closest to ``g``.
+
+    Raises
+    ------
+    ValueError
+        If ``g`` rounds to 0 (the step forgets the velocity and cannot be reversed) or if ``n`` is so large
+        that ``n * 2^gamma_bits`` would overflow int64 (an expanding factor above ``2^(62 - 2 k)``).
+    """
+    n = round(g * 2**gamma_bits)
+    if n <= 0:
+        raise ValueError(
+            f"the damping factor {g!r} rounds to 0 at gamma_bits = {gamma_bits}: the step forgets the velocity "
+            "and cannot be reversed exactly. Use a larger gamma (or eps / smaller step), or gradient='backprop'."
+        )
+    if n >= 2 ** (RANGE_BITS - gamma_bits):
+        raise ValueError(
+            f"the damping factor {g!r} is too large for exact arithmetic at gamma_bits = {gamma_bits} "
+            f"(at most {2.0 ** (RANGE_BITS - 2 * gamma_bits):g}); use a smaller step."
+        )
+    return n
+
+
+def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """``round(x * 2^R)`` as int64 (computed in float64). The caller checks the range first."""
+    return torch.round(x.double() * 2.0**frac_bits).long()
+
+
+def decode(X: torch.Tensor, frac_bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """``X / 2^R`` in ``dtype`` (through float64)."""
+    return (X.double() * 2.0**-frac_bits).to(dtype)
+
+
+def scaled(t: torch.Tensor, c: float, frac_bits: int) -> torch.Tensor:
+    """``c * t * 2^R`` in float64, before rounding to an integer increment."""
+    return t.double() * (c * 2.0**frac_bits)
+
+
+def dither(index: int, k: int) -> int:
+    """Offset ``s in [0, 2^k)`` of the ``index``-th multiply of a solve (golden-ratio sequence).
+
+    Rounding ``(V n + s) / 2^k`` instead of ``V n / 2^k`` moves the block boundaries from one multiply to the
+    next, so values with structured low bits (an exact zero velocity, say) cost the average
+    ``~2 (1 - g')`` bits instead of one bit every time. It changes the result by at most one unit in the
+    last place and depends only on ``index``: the forward value never depends on the buffer.
+    """
+    return (((index + 1) * 0x9E3779B97F4A7C15) % 2**64) >> (64 - k)
+
+
+def _ceil_div(num: torch.Tensor, n: int) -> torch.Tensor:
+    return -torch.div(-num, n, rounding_mode="floor")
+
+
+def _block(W: torch.Tensor, n: int, k: int, s: int):
+    """First input ``lo`` of the block that rounds to ``W``, and the block's size ``m``.
+
+    The inputs with ``floor((V n + s) / 2^k) = W`` are ``ceil((W 2^k - s) / n) ..`` up to the next block.
+    With ``W = a n + b`` (``0 <= b < n``) that is ``a 2^k + ceil((b 2^k - s) / n)``: no product exceeds
+    ``2^(2k)``.
+    """
+    d = 1 << k
+    a = torch.div(W, n, rounding_mode="floor")
+    b = W - a * n
+    first = _ceil_div(b * d - s, n)
+    return (a << k) + first, _ceil_div((b + 1) * d - s, n) - first
+
+
+def exact_mul(V: torch.Tensor, n: int, k: int, s: int = 0):
+    """``W = floor((V n + s) / 2^k)`` and what it forgot: ``(W, j, m)`` with ``0 <= j < m``.
+
+    ``m`` is the number of inputs that round to ``W`` (1 or 2 when ``n / 2^k >= 1/2``; 1 when expanding) and
+    ``j`` the position of ``V`` among them. Split ``V = Vh 2^k + Vl`` so that no product exceeds ``2^(2k+1)``.
+    """
+    Vh = V >> k
+    Vl = V & ((1 << k) - 1)
+    W = Vh * n + ((Vl * n + s) >> k)
+    lo, m = _block(W, n, k, s)
+    return W, V - lo, m
+
+
+def exact_div(W: torch.Tensor, n: int, k: int, s: int, pop):
+    """Inverse of :func:`exact_mul`: ``pop(m)`` returns the stored ``j`` for the block sizes ``m``."""
+    lo, m = _block(W, n, k, s)
+    return lo + pop(m)
+
+
+def max_block(n: int, k: int) -> int:
+    """Largest ``m`` :func:`exact_mul` can produce for the factor ``n / 2^k``."""
+    return max(1, -(-(1 << k) // n))
+
+
+class BitBuffer:
+    """Per-element mixed-radix store of the bits the exact multiplies forget, with spilling to a stack.
+
+    One int64 word per element; ``push(j, m)`` does ``B <- B m + j``. Before a push that might overflow,
+    the word is checked (one host synchronisation, skipped while a running bound proves it unnecessary) and,
+    if full, moved whole onto the stack and restarted at 0 (lockstep spilling, one flag per push).
+    ``pop(m)`` undoes ``push`` in reverse order and restores spilled words at their flags.
+
+    A buffer is never modified in place: ``copy()`` is enough to replay it twice.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.word = torch.zeros_like(like, dtype=torch.int64)
+        self.stack: list[torch.Tensor] = []
+        self.spill_at: list[int] = []
+        self.pushes = 0
+        self._bound_bits = 0.0  # upper bound of log2(max word + 1)
+
+    def copy(self) -> "BitBuffer":
+        new = BitBuffer.__new__(BitBuffer)
+        new.word, new.stack, new.spill_at = self.word, list(self.stack), list(self.spill_at)
+        new.pushes, new._bound_bits = self.pushes, self._bound_bits
+        return new
+
+    def push(self, j: torch.Tensor, m: torch.Tensor, m_max: int) -> None:
+        if m_max > 1:
+            limit = (2**63 - 1) // m_max
+            if self._bound_bits + math.log2(m_max) > 62.0:
+                top = int(self.word.max()) if self.word.numel() else 0
+                if top >= limit:
+                    self.stack.append(self.word)
+                    self.spill_at.append(self.pushes)
+                    self.word = torch.zeros_like(self.word)
+                    top = 0
+                self._bound_bits = math.log2(top + 1)
+            self.word = self.word * m + j
+            self._bound_bits += math.log2(m_max)
+        self.pushes += 1
+
+    def pop(self, m: torch.Tensor) -> torch.Tensor:
+        self.pushes -= 1
+        j = torch.remainder(self.word, m)
+        self.word = torch.div(self.word, m, rounding_mode="floor")
+        if self.spill_at and self.spill_at[-1] == self.pushes:
+            self.spill_at.pop()
+            self.word = self.stack.pop()
+        return j
+
+    def is_empty(self) -> bool:
+        return self.pushes == 0 and not self.stack and not bool(self.word.any())
+
+    def words(self) -> list[torch.Tensor]:
+        """Every stored word (spilled first), for saving and for measuring the cost."""
+        return [*self.stack, self.word]
+
+    def bits_per_element(self) -> dict:
+        """``used``: 64 per spilled word plus ``log2(word + 1)`` averaged over elements; ``allocated``: 64 per
+        word held."""
+        used = 64.0 * len(self.stack) + float(torch.log2(self.word.double() + 1).mean()) if self.word.numel() else 0.0
+        return {"used": used, "allocated": 64.0 * (len(self.stack) + 1)}

@@ -1,0 +1,298 @@
+"""The engine of the memory-free gradient modes: a solve whose backward runs the integrator in reverse.
+
+Forward: the solve runs under ``no_grad`` on an *encoded* state (the float state itself, or int64 fixed
+point for the exact mode); only the final state and what the state system asks for are saved. Backward, for
+``n = N-1 .. 0``:
+
+1. ``inverse_step`` reconstructs the encoded state of step ``n``. Each residual evaluation it makes is
+   recorded with its graph, on a detached float copy of its input, under the RNG state of the matching
+   forward evaluation.
+2. ``step`` is rerun in float arithmetic from the decoded reconstructed state with autograd on; its residual
+   evaluations are not recomputed but *replayed* from the records, so a step costs one evaluation and one
+   vector-Jacobian product of ``F`` on top of the forward.
+3. The adjoint ``(a_x, a_v)`` is pulled back through that step; parameter gradients are accumulated and
+   returned from the autograd Function once, so every parameter's gradient hook fires once per backward.
+
+A *state system* (float reversal, checkpointed float reversal, exact fixed point) decides how the state is
+encoded, which arithmetic the steps use, what is saved, and which integrity checks run; it knows nothing of
+autograd. The engine knows nothing of number formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._checks import internal_assert
+from ..integrators import LastCall
+from .replay_state import AutocastState, RNGLog, buffers_unchanged, parameters_rebound
+from .trajectory import CheckedFunc, Trajectory, run_forward, stack_outputs
+
+
+def check_reversible(integrator, hs, mode: str) -> None:
+    """Raise ``ValueError`` unless ``integrator`` can be reversed at every step length in ``hs``."""
+    if not integrator.reversible:
+        raise ValueError(
+            f'gradient="{mode}" needs a reversible integrator; {integrator.name!r} is not (it forgets the '
+            'velocity). Use gradient="backprop", or a momentum scheme with eps > 0.'
+        )
+    for h in set(hs):
+        for s in (h, 0.5 * h):
+            if integrator.damping(s) <= 0.0:
+                raise ValueError(
+                    f'gradient="{mode}" cannot reverse a step whose damping factor is 0 ({integrator!r}, '
+                    f'h = {h}): the inverse divides by it. gamma = 0 (or eps = 0) is a plain ResNet / '
+                    'first-order ODE; use gradient="backprop" there.'
+                )
+
+
+def solve_with_reversal(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, system):
+    """Integrate ``traj`` with a memory-free gradient; ``system`` is the state system (see module doc).
+
+    Returns the time-first ``(xs, vs)`` in the dtype of ``x0``.
+    """
+    params = traj.trainable()
+    inputs = params + list(traj.extras)
+    needs_grad = torch.is_grad_enabled() and (
+        x0.requires_grad or v0.requires_grad or any(t.requires_grad for t in inputs)
+    )
+    if torch.is_grad_enabled() and not needs_grad:
+        _refuse_hidden_grad(traj, x0)
+    if not needs_grad:  # inference: the same arithmetic as training, nothing kept for a backward
+        with torch.no_grad():
+            X, V = system.encode(x0, v0)
+            xs, vs = run_forward(traj, X, V, ops=system.inference_ops(), decode=system.decode)
+            system.end_forward()
+        return _decoded(system, xs), _decoded(system, vs)
+    return _ReversalSolve.apply(_Run(traj, params, system), x0, v0, *inputs)
+
+
+def _refuse_hidden_grad(traj: Trajectory, x0: torch.Tensor) -> None:
+    """Nothing declared needs a gradient: make sure the first residual does not read a tensor that does."""
+    with torch.random.fork_rng(devices=[]), buffers_unchanged(traj.root):
+        out = traj.funcs[0](traj.spans[0].t0, x0)
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        _GradSink([]).leaves_of(out, x0, 0)  # raises, naming the tensor
+        internal_assert(False, "a graph without leaves")
+
+
+class _Run:
+    """Non-tensor context of one forward (what the backward needs besides the saved tensors)."""
+
+    def __init__(self, traj: Trajectory, params: list[torch.Tensor], system):
+        self.traj = traj
+        self.params = params  # the root's trainable parameters, in the order of the Function's inputs
+        self.system = system
+        self.rng: RNGLog | None = None
+        self.autocast: AutocastState | None = None
+
+
+def _decoded(system, states):
+    return stack_outputs([system.decode(s) for s in states])
+
+
+class _ReversalSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run: _Run, x0, v0, *inputs):
+        system = run.system
+        run.rng = RNGLog(x0, enabled=system.options.replay_rng)
+        run.autocast = AutocastState(x0.device.type)
+        X, V = system.encode(x0, v0)
+        ops = system.training_ops(V)
+        xs, vs = run_forward(
+            run.traj, X, V, on_eval=run.rng.record, ops=ops, on_step=system.on_step, decode=system.decode
+        )
+        system.end_forward()
+        ctx.run = run
+        ctx.save_for_backward(xs[-1], vs[-1], *system.tensors_to_save(x0, v0))
+        return _decoded(system, xs), _decoded(system, vs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_xs, grad_vs):
+        run: _Run = ctx.run
+        X, V, *saved = ctx.saved_tensors
+        reverse = run.system.start_backward(saved)
+        with torch.no_grad():
+            aliases = [p.detach().requires_grad_() for p in run.params]
+        sink = _GradSink(aliases + list(run.traj.extras))
+        rebound = parameters_rebound(run.traj.root, {id(p): a for p, a in zip(run.params, aliases)})
+        with run.rng.fork(), buffers_unchanged(run.traj.root), run.autocast(), rebound:
+            X, V, ax, av = _sweep(run, reverse, X, V, grad_xs, grad_vs, sink)
+        reverse.finish(X, V)
+        grads = sink.result()
+        internal_assert(len(grads) == len(ctx.needs_input_grad) - 3, "one gradient per differentiable input")
+        return (None, ax, av, *grads)
+
+
+def _sweep(run: _Run, reverse, X, V, grad_xs, grad_vs, sink):
+    """The reverse sweep; returns the reconstructed initial state and the adjoints of ``x_0`` and ``v_0``."""
+    traj, system = run.traj, run.system
+    saves = list(traj.save_at)
+    k = len(saves) - 1
+    ax, av = grad_xs[k], grad_vs[k]
+    k -= 1
+    recorder = _Recorder(run.rng, sink, system.decode)
+    for n in range(traj.n_steps - 1, -1, -1):
+        span = traj.spans[n]
+        recorder.begin_step(traj.funcs[n], n)
+        with torch.no_grad():
+            X, V = traj.integrator.inverse_step(recorder, X, V, span, ops=reverse.ops)
+            X, V = reverse.after_inverse(n, X, V)
+        records = recorder.end_step()
+        xg = system.decode(X).detach().requires_grad_()
+        vg = system.decode(V).detach().requires_grad_()
+        with torch.enable_grad():
+            x1, v1 = traj.integrator.step(_Replayer(records, sink), xg, vg, span, ops=system.recompute_ops)
+            ax, av = torch.autograd.grad((x1, v1), (xg, vg), (ax, av), allow_unused=True)
+        ax = torch.zeros_like(xg) if ax is None else ax
+        av = torch.zeros_like(vg) if av is None else av
+        if k >= 0 and saves[k] == n:
+            ax = ax + grad_xs[k]
+            av = av + grad_vs[k]
+            k -= 1
+    internal_assert(recorder.n_evals == len(run.rng), "the backward replays every forward evaluation once")
+    return X, V, ax, av
+
+
+@dataclass
+class _Record:
+    t: torch.Tensor
+    xd: torch.Tensor  # detached leaf the residual was evaluated at
+    out: torch.Tensor  # residual output, with its graph back to xd and the parameters
+    leaves: list  # indices into the sink's leaves that `out` depends on
+
+
+class _Recorder:
+    """The ``func`` handed to ``inverse_step``: evaluates with graph, replays RNG, reuses the last call."""
+
+    def __init__(self, rng: RNGLog, sink: "_GradSink", decode):
+        self.rng = rng
+        self.sink = sink
+        self.decode = decode
+        self.n_evals = 0
+        self._func = None
+        self._memo: LastCall | None = None
+        self._records: list[_Record] = []
+        self._last: _Record | None = None
+
+    def begin_step(self, func, n):
+        if func is not self._func:
+            self._func = func
+            self._memo = LastCall(self._evaluate)
+            self._last = None
+        self._step = n
+        self._records = []
+
+    def end_step(self) -> list[_Record]:
+        return self._records
+
+    def __call__(self, t, x):
+        self._memo(t, x)
+        self._records.append(self._last)
+        return self._last.out.detach()
+
+    def _evaluate(self, t, x):
+        self.rng.restore(len(self.rng) - 1 - self.n_evals)
+        self.n_evals += 1
+        xd = self.decode(x).detach().requires_grad_()
+        with torch.enable_grad():
+            out = CheckedFunc(self._func, self._step)(t, xd)
+        self._last = _Record(t, xd, out, self.sink.leaves_of(out, xd, self._step))
+        return out
+
+
+class _Replayer:
+    """The ``func`` handed to the recomputed ``step``: returns recorded outputs, in reverse call order."""
+
+    def __init__(self, records: list[_Record], sink: "_GradSink"):
+        self.records = list(records)
+        self.sink = sink
+
+    def __call__(self, t, x):
+        internal_assert(bool(self.records), "step evaluates F as often as inverse_step")
+        rec = self.records.pop()
+        internal_assert(rec.t is t, "step evaluates F at the times inverse_step did, in reverse order")
+        return _Replay.apply(x, rec, self.sink)
+
+
+class _Replay(torch.autograd.Function):
+    """Identity on the recorded residual value; its backward is the recorded vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, x, rec: _Record, sink):
+        ctx.rec, ctx.sink = rec, sink
+        return rec.out.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rec, sink = ctx.rec, ctx.sink
+        if not rec.out.requires_grad:
+            return None, None, None
+        wrt = [rec.xd] + [sink.leaves[i] for i in rec.leaves]
+        grads = torch.autograd.grad(rec.out, wrt, grad, retain_graph=True, allow_unused=True)
+        sink.add(rec.leaves, grads[1:])
+        return grads[0], None, None
+
+
+class _GradSink:
+    """Accumulates gradients of the differentiable inputs (parameter aliases, extra tensors)."""
+
+    def __init__(self, leaves: list[torch.Tensor]):
+        self.leaves = leaves
+        self._index = {id(t): i for i, t in enumerate(leaves)}
+        self._nodes = {}
+        for i, t in enumerate(leaves):
+            if t.grad_fn is not None:  # a non-leaf extra: stop the graph walk at its node
+                self._nodes[(t.grad_fn, t.output_nr)] = i
+        self._grads: list[torch.Tensor | None] = [None] * len(leaves)
+
+    def leaves_of(self, out: torch.Tensor, xd: torch.Tensor, step: int) -> list[int]:
+        """Indices of the inputs that ``out`` depends on; raise if it depends on any other tensor.
+
+        A tensor that requires grad but is neither the state, a parameter of the layer nor a declared extra
+        would silently get no gradient in a memory-free mode: that is refused here.
+        """
+        if out.grad_fn is None:
+            return []
+        found, seen = set(), set()
+        stack = [out.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)
+            if variable is not None:
+                if variable is xd:
+                    continue
+                i = self._index.get(id(variable))
+                if i is None:
+                    raise RuntimeError(
+                        f"the residual function of step {step} reads a tensor of shape "
+                        f"{tuple(variable.shape)} that requires grad but is not one of its module's "
+                        "registered parameters nor a declared input, so a memory-free gradient mode would "
+                        "silently drop its gradient. Register it as an nn.Parameter of the function, pass it "
+                        'through `params=`, or use gradient="backprop".'
+                    )
+                found.add(i)
+                continue
+            for nxt, nr in node.next_functions:
+                i = self._nodes.get((nxt, nr))
+                if i is not None:
+                    found.add(i)
+                elif nxt is not None:
+                    stack.append(nxt)
+        return sorted(found)
+
+    def add(self, idx: list[int], grads) -> None:
+        for i, g in zip(idx, grads):
+            if g is not None:
+                self._grads[i] = g if self._grads[i] is None else self._grads[i] + g
+
+    def result(self) -> list[torch.Tensor]:
+        # zeros, never None, for unused trainable inputs: DDP with find_unused_parameters=False needs them.
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(self.leaves, self._grads)]
