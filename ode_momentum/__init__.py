@@ -5,8 +5,14 @@ Integrators (``INTEGRATORS``), the functional solver :func:`odeint`, layers (:cl
 (``ode_momentum.data``).
 """
 
-from .gradients import GRADIENTS, ReconstructionDriftError, ReconstructionDriftWarning
-from .integrators import INTEGRATORS, Euler, Leapfrog, Momentum, MomentumExp
+from .gradients import (
+    GRADIENTS,
+    ExactReversalError,
+    FixedPointRangeError,
+    ReconstructionDriftError,
+    ReconstructionDriftWarning,
+)
+from .integrators import INTEGRATORS, AsynchronousLeapfrog, Euler, Leapfrog, Momentum, MomentumExp, Yoshida4
 from .nn import MomentumODE, MomentumResNet, NeuralODE, ResNetStack
 from .odeint import odeint
 
@@ -15,7 +21,10 @@ __version__ = "0.1.0"
 __all__ = [
     "GRADIENTS",
     "INTEGRATORS",
+    "AsynchronousLeapfrog",
     "Euler",
+    "ExactReversalError",
+    "FixedPointRangeError",
     "Leapfrog",
     "Momentum",
     "MomentumExp",
@@ -25,5 +34,6 @@ __all__ = [
     "ReconstructionDriftError",
     "ReconstructionDriftWarning",
     "ResNetStack",
+    "Yoshida4",
     "odeint",
 ]

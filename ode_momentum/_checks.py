@@ -131,3 +131,12 @@ def internal_assert(condition: bool, message: str) -> None:
     """Guard an invariant of this library; failing it is our bug, not the user's."""
     if not condition:
         raise RuntimeError(f"ode_momentum internal error: {message}. Please report this as a bug.")
+
+
+def check_seed(seed) -> int:
+    """Validate a seed of a private random generator: an int ``>= 0``."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"`seed` must be an int >= 0; got {_show(seed)}.")
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0; got {seed!r}. Any non-negative int, e.g. seed=0.")
+    return int(seed)

@@ -45,7 +45,8 @@ def odeint(
         differentiated in every gradient mode.
     y0 : tuple ``(x0, v0)``
         Initial position and velocity (units of x per unit time), floating tensors of one shape, dtype and
-        device. ``v0 = None`` means rest (zeros).
+        device. ``v0 = None`` means rest (zeros) for ``eps > 0`` and the consistent velocity ``F(t0, x0)``
+        of ``x' = F`` for ``eps = 0``.
     t : Tensor, shape ``(T,)``
         Strictly increasing output times, ``T >= 2``; ``t[0]`` is the initial time.
     eps : float
@@ -104,6 +105,9 @@ def build_trajectory(func, y0, t, *, eps, method="leapfrog", step_size=None, n_s
     eps = check_eps(eps)
     check_choice("method", method, INTEGRATORS)
     integrator = INTEGRATORS[method](eps)
+    if v0 is None:
+        # At rest for eps > 0; for x' = F the velocity is F itself (`euler` ignores it, `alf` needs it).
+        v0 = torch.zeros_like(x0) if eps > 0 or method == "euler" else func(t[0].to(x0), x0)
     spans, save_at = make_grid(t.tolist(), step_size, n_steps, x0)
     for h in {span.h for span in spans}:
         integrator.damping(h)  # raises for h > eps with method "momentum"
@@ -121,8 +125,7 @@ def _check_y0(y0):
         )
     x0, v0 = y0
     check_finite("x0", check_tensor("x0", x0))
-    if v0 is None:
-        v0 = torch.zeros_like(x0)
-    check_same_shape("v0", v0, "x0", x0)
-    check_finite("v0", v0)
+    if v0 is not None:
+        check_same_shape("v0", v0, "x0", x0)
+        check_finite("v0", v0)
     return x0, v0

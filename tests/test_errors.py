@@ -205,7 +205,7 @@ def test_unknown_gradient_lists_valid_ones(make):
 
 
 def test_unknown_gradient_option():
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['drift_tolerance'\] for gradient='reversible'; valid options: \['drift_tol', 'on_drift'\]"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['drift_tolerance'\] for gradient='reversible'; valid options: \['drift_tol', 'on_drift', 'replay_rng'\]"):
         solve(gradient="reversible", gradient_options={"drift_tolerance": 1e-3})
 
 

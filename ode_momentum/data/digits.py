@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._checks import check_real
-from .rings import check_seed
+from .._checks import check_seed
 
 
 @dataclass(frozen=True)

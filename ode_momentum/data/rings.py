@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._checks import check_positive_int, check_real
+from .._checks import check_positive_int, check_real, check_seed
 
 
 def make_rings(
@@ -58,7 +58,8 @@ def make_rings(
     a first-order ODE flow is a homeomorphism and cannot untangle them; a momentum flow can).
     """
     n_samples = check_positive_int("n_samples", n_samples)
-    n_rings = check_positive_int("n_rings", n_rings)
+    if isinstance(n_rings, bool) or not isinstance(n_rings, int):
+        raise TypeError(f"`n_rings` must be an int >= 2; got {n_rings!r} ({type(n_rings).__name__}).")
     if n_rings < 2:
         raise ValueError(
             f"`n_rings` must be >= 2; got {n_rings!r}. One ring has a single label; use n_rings=2 for the "
@@ -76,12 +77,3 @@ def make_rings(
     X = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1)  # (n, 2)
     y = ring % 2
     return X.to(torch.float32), y
-
-
-def check_seed(seed) -> int:
-    """Validate a seed of a private random generator: an int ``>= 0``."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"`seed` must be an int >= 0; got {seed!r} ({type(seed).__name__}).")
-    if seed < 0:
-        raise ValueError(f"`seed` must be >= 0; got {seed!r}. Any non-negative int, e.g. seed=0.")
-    return seed

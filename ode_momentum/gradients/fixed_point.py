@@ -58,8 +58,8 @@ def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
 
 
 def decode(X: torch.Tensor, frac_bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """``X / 2^R`` in ``dtype`` (through float64)."""
-    return (X.double() * 2.0**-frac_bits).to(dtype)
+    """``X / 2^R`` in ``dtype``: one rounding of ``X`` to ``dtype``, then an exact power-of-two scaling."""
+    return decode_kernel(X, 2.0**-frac_bits, dtype)
 
 
 def scaled(t: torch.Tensor, c: float, frac_bits: int) -> torch.Tensor:
@@ -78,22 +78,32 @@ def dither(index: int, k: int) -> int:
     return (((index + 1) * 0x9E3779B97F4A7C15) % 2**64) >> (64 - k)
 
 
-def _ceil_div(num: torch.Tensor, n: int) -> torch.Tensor:
-    return -torch.div(-num, n, rounding_mode="floor")
+def _floor_divmod(num: torch.Tensor, n: int):
+    """``(num // n, num % n)`` with floor semantics, for int64 ``num`` and ``2^12 <= n < 2^32``.
 
-
-def _block(W: torch.Tensor, n: int, k: int, s: int):
-    """First input ``lo`` of the block that rounds to ``W``, and the block's size ``m``.
-
-    The inputs with ``floor((V n + s) / 2^k) = W`` are ``ceil((W 2^k - s) / n) ..`` up to the next block.
-    With ``W = a n + b`` (``0 <= b < n``) that is ``a 2^k + ceil((b 2^k - s) / n)``: no product exceeds
-    ``2^(2k)``.
+    Integer division is an order of magnitude slower than float on CPUs, so the quotient is estimated in
+    float64 and corrected: with ``|num| < 2^63`` and ``n >= 2^12`` the estimate is off by at most one.
     """
-    d = 1 << k
-    a = torch.div(W, n, rounding_mode="floor")
-    b = W - a * n
-    first = _ceil_div(b * d - s, n)
-    return (a << k) + first, _ceil_div((b + 1) * d - s, n) - first
+    q = torch.floor(num.double() / n).long()
+    r = num - q * n
+    low, high = r < 0, r >= n
+    return q - low.long() + high.long(), r + n * low.long() - n * high.long()
+
+
+def _small_div(r: torch.Tensor, n: int) -> torch.Tensor:
+    """``r // n`` for ``0 <= r < 2^53``, exact through float64 (the quotient cannot round across an integer)."""
+    return torch.floor(r.double() / n).long()
+
+
+def _block_of(r: torch.Tensor, n: int, k: int):
+    """Position ``j`` of an input within its block and the block's size ``m``, from the rounding remainder.
+
+    ``r = (V n + s) mod 2^k``; the inputs ``V - i`` with ``r - i n >= 0`` and ``V + i`` with
+    ``r + i n < 2^k`` round to the same output, so ``j = floor(r / n)`` and
+    ``m = j + 1 + floor((2^k - 1 - r) / n)``.
+    """
+    j = _small_div(r, n)
+    return j, j + 1 + _small_div(((1 << k) - 1) - r, n)
 
 
 def exact_mul(V: torch.Tensor, n: int, k: int, s: int = 0):
@@ -101,18 +111,40 @@ def exact_mul(V: torch.Tensor, n: int, k: int, s: int = 0):
 
     ``m`` is the number of inputs that round to ``W`` (1 or 2 when ``n / 2^k >= 1/2``; 1 when expanding) and
     ``j`` the position of ``V`` among them. Split ``V = Vh 2^k + Vl`` so that no product exceeds ``2^(2k+1)``.
+    For ``n >= 2^(k-1)`` (every damping factor ``>= 1/2``) ``j = [r >= n]`` and ``m = 2`` exactly when
+    ``r >= n`` or ``r < 2^k - n`` (``r`` the remainder of the rounding): no division at all.
     """
-    Vh = V >> k
-    Vl = V & ((1 << k) - 1)
-    W = Vh * n + ((Vl * n + s) >> k)
-    lo, m = _block(W, n, k, s)
-    return W, V - lo, m
+    mask = (1 << k) - 1
+    P = (V & mask) * n + s
+    W = (V >> k) * n + (P >> k)
+    r = P & mask
+    if 2 * n >= 1 << k and n < 1 << k:
+        upper = r >= n
+        return W, upper.long(), 1 + (upper | (r < (1 << k) - n)).long()
+    j, m = _block_of(r, n, k)
+    return W, j, m
 
 
 def exact_div(W: torch.Tensor, n: int, k: int, s: int, pop):
-    """Inverse of :func:`exact_mul`: ``pop(m)`` returns the stored ``j`` for the block sizes ``m``."""
-    lo, m = _block(W, n, k, s)
-    return lo + pop(m)
+    """Inverse of :func:`exact_mul`: ``pop(m, m_max)`` returns the stored ``j`` for the block sizes ``m``.
+
+    The block of ``W = a n + b`` (``0 <= b < n``) starts at ``lo = a 2^k + ceil((b 2^k - s) / n)``.
+    """
+    mask = (1 << k) - 1
+    if n < 1 << 12:  # the float estimates below need n >= 2^12 (gamma >= 2^-18 at k = 30)
+        a = torch.div(W, n, rounding_mode="floor")
+        b = W - a * n
+        lo = (a << k) - torch.div(s - b * (1 << k), n, rounding_mode="floor")
+    else:
+        a, b = _floor_divmod(W, n)
+        # ceil((b 2^k - s) / n) = -floor((s - b 2^k) / n); the numerator lies in (-2^(2k), 2^k)
+        lo = (a << k) - _floor_divmod(s - b * (1 << k), n)[0]
+    r = ((lo & mask) * n + s) & mask  # the rounding remainder of lo, the block's first input
+    if 2 * n >= 1 << k and n < 1 << k:
+        m = 1 + (r < (1 << k) - n).long()
+    else:
+        m = _block_of(r, n, k)[1]
+    return lo + pop(m, max_block(n, k))
 
 
 def max_block(n: int, k: int) -> int:
@@ -144,28 +176,48 @@ class BitBuffer:
         new.pushes, new._bound_bits = self.pushes, self._bound_bits
         return new
 
-    def push(self, j: torch.Tensor, m: torch.Tensor, m_max: int) -> None:
+    def reserve(self, m_max: int) -> None:
+        """Make room for one push of radix at most ``m_max``: spill the word first if it could overflow.
+
+        The word itself is then updated by the caller (:meth:`push`, or a fused kernel).
+        """
         if m_max > 1:
-            limit = (2**63 - 1) // m_max
             if self._bound_bits + math.log2(m_max) > 62.0:
                 top = int(self.word.max()) if self.word.numel() else 0
-                if top >= limit:
+                if top >= (2**63 - 1) // m_max:
                     self.stack.append(self.word)
                     self.spill_at.append(self.pushes)
                     self.word = torch.zeros_like(self.word)
                     top = 0
                 self._bound_bits = math.log2(top + 1)
-            self.word = self.word * m + j
             self._bound_bits += math.log2(m_max)
         self.pushes += 1
 
-    def pop(self, m: torch.Tensor) -> torch.Tensor:
+    def unreserve(self) -> None:
+        """Undo :meth:`reserve` after the word was popped: restore a spilled word at its flag."""
         self.pushes -= 1
-        j = torch.remainder(self.word, m)
-        self.word = torch.div(self.word, m, rounding_mode="floor")
         if self.spill_at and self.spill_at[-1] == self.pushes:
             self.spill_at.pop()
             self.word = self.stack.pop()
+
+    def push(self, j: torch.Tensor, m: torch.Tensor, m_max: int) -> None:
+        self.reserve(m_max)
+        if m_max == 2:  # one bit where the block has two inputs (every damping factor >= 1/2)
+            self.word = torch.where(m == 2, (self.word << 1) | j, self.word)
+        elif m_max > 2:
+            self.word = self.word * m + j
+
+    def pop(self, m: torch.Tensor, m_max: int) -> torch.Tensor:
+        if m_max == 1:
+            j = torch.zeros_like(self.word)
+        elif m_max == 2:
+            two = m == 2
+            j = torch.where(two, self.word & 1, 0)
+            self.word = torch.where(two, self.word >> 1, self.word)
+        else:
+            j = torch.remainder(self.word, m)
+            self.word = torch.div(self.word, m, rounding_mode="floor")
+        self.unreserve()
         return j
 
     def is_empty(self) -> bool:
@@ -180,3 +232,75 @@ class BitBuffer:
         word held."""
         used = 64.0 * len(self.stack) + float(torch.log2(self.word.double() + 1).mean()) if self.word.numel() else 0.0
         return {"used": used, "allocated": 64.0 * (len(self.stack) + 1)}
+
+
+# --- fused kernels ------------------------------------------------------------------------------------------
+# Each primitive sub-flow of the exact mode as one function of tensors (the factor n, the dither s and the
+# scale are 0-dim tensors, so a compiled kernel is not specialised to their values). Eager PyTorch runs the
+# ~15 elementwise integer operations of a damping step as ~15 memory passes; torch.compile fuses each
+# function into one loop. The fast path covers damping factors in [1/2, 1) (blocks of at most two inputs).
+
+
+def damp_push2(V, word, n, s, k: int):
+    """Exact multiply by ``n / 2^k`` in ``[1/2, 1)`` and one-bit push: ``(W, word')``."""
+    mask = (1 << k) - 1
+    P = (V & mask) * n + s
+    W = (V >> k) * n + (P >> k)
+    r = P & mask
+    upper = r >= n
+    two = upper | (r < (1 << k) - n)
+    return W, torch.where(two, (word << 1) | upper.long(), word)
+
+
+def damp_only(V, n, s, k: int):
+    """The value of :func:`damp_push2` without a buffer (inference)."""
+    mask = (1 << k) - 1
+    return (V >> k) * n + (((V & mask) * n + s) >> k)
+
+
+def undamp_pop2(W, word, n, s, k: int):
+    """Inverse of :func:`damp_push2`: ``(V, word')``."""
+    mask = (1 << k) - 1
+    a, b = _floor_divmod(W, n)
+    lo = (a << k) - _floor_divmod(s - b * (1 << k), n)[0]
+    r = ((lo & mask) * n + s) & mask
+    two = r < (1 << k) - n
+    return lo + torch.where(two, word & 1, 0), torch.where(two, word >> 1, word)
+
+
+def kick(V, f, scale):
+    """``V + round(scale f)`` and the peaks ``max|scale f|``, ``max|V'|`` for the range guard."""
+    inc = f.double() * scale
+    V = V + torch.round(inc).long()
+    return V, inc.abs().amax(), V.abs().amax().double()
+
+
+def unkick(V, f, scale):
+    return V - torch.round(f.double() * scale).long()
+
+
+def drift(X, V):
+    X = X + V
+    return X, X.abs().amax().double()
+
+
+def undrift(X, V):
+    return X - V
+
+
+def decode_kernel(X, scale, dtype: torch.dtype):
+    return X.to(dtype) * scale
+
+
+KERNEL_NAMES = ("damp_push2", "damp_only", "undamp_pop2", "kick", "unkick", "drift", "undrift", "decode_kernel")
+_COMPILED: dict = {}
+
+
+def kernels(fused: bool):
+    """The kernel functions by name: plain (eager) or compiled once per process with ``torch.compile``."""
+    if not fused:
+        return {name: globals()[name] for name in KERNEL_NAMES}
+    if not _COMPILED:
+        for name in KERNEL_NAMES:
+            _COMPILED[name] = torch.compile(globals()[name], dynamic=None, fullgraph=True)
+    return _COMPILED

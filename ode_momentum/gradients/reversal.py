@@ -7,11 +7,12 @@ point for the exact mode); only the final state and what the state system asks f
 1. ``inverse_step`` reconstructs the encoded state of step ``n``. Each residual evaluation it makes is
    recorded with its graph, on a detached float copy of its input, under the RNG state of the matching
    forward evaluation.
-2. ``step`` is rerun in float arithmetic from the decoded reconstructed state with autograd on; its residual
-   evaluations are not recomputed but *replayed* from the records, so a step costs one evaluation and one
-   vector-Jacobian product of ``F`` on top of the forward.
-3. The adjoint ``(a_x, a_v)`` is pulled back through that step; parameter gradients are accumulated and
-   returned from the autograd Function once, so every parameter's gradient hook fires once per backward.
+2. The same call pulls the adjoint ``(a_x, a_v)`` back: its arithmetic (``_Adjoint``) applies, at each
+   primitive it undoes, the transpose of that primitive, and at each kick one vector-Jacobian product
+   through the recorded residual. A step costs one evaluation and one vector-Jacobian product of ``F`` on
+   top of the forward, and no recomputation of the step.
+3. Parameter gradients are accumulated and returned from the autograd Function once, so every parameter's
+   gradient hook fires once per backward.
 
 A *state system* (float reversal, checkpointed float reversal, exact fixed point) decides how the state is
 encoded, which arithmetic the steps use, what is saved, and which integrity checks run; it knows nothing of
@@ -129,32 +130,64 @@ class _ReversalSolve(torch.autograd.Function):
 
 def _sweep(run: _Run, reverse, X, V, grad_xs, grad_vs, sink):
     """The reverse sweep; returns the reconstructed initial state and the adjoints of ``x_0`` and ``v_0``."""
-    traj, system = run.traj, run.system
+    traj = run.traj
     saves = list(traj.save_at)
     k = len(saves) - 1
-    ax, av = grad_xs[k], grad_vs[k]
+    adjoint = _Adjoint(reverse.ops, grad_xs[k], grad_vs[k], sink)
     k -= 1
-    recorder = _Recorder(run.rng, sink, system.decode)
+    recorder = _Recorder(run.rng, sink, run.system.decode, adjoint)
     for n in range(traj.n_steps - 1, -1, -1):
-        span = traj.spans[n]
         recorder.begin_step(traj.funcs[n], n)
         with torch.no_grad():
-            X, V = traj.integrator.inverse_step(recorder, X, V, span, ops=reverse.ops)
+            X, V = traj.integrator.inverse_step(recorder, X, V, traj.spans[n], ops=adjoint)
             X, V = reverse.after_inverse(n, X, V)
-        records = recorder.end_step()
-        xg = system.decode(X).detach().requires_grad_()
-        vg = system.decode(V).detach().requires_grad_()
-        with torch.enable_grad():
-            x1, v1 = traj.integrator.step(_Replayer(records, sink), xg, vg, span, ops=system.recompute_ops)
-            ax, av = torch.autograd.grad((x1, v1), (xg, vg), (ax, av), allow_unused=True)
-        ax = torch.zeros_like(xg) if ax is None else ax
-        av = torch.zeros_like(vg) if av is None else av
         if k >= 0 and saves[k] == n:
-            ax = ax + grad_xs[k]
-            av = av + grad_vs[k]
+            adjoint.ax = adjoint.ax + grad_xs[k]
+            adjoint.av = adjoint.av + grad_vs[k]
             k -= 1
     internal_assert(recorder.n_evals == len(run.rng), "the backward replays every forward evaluation once")
-    return X, V, ax, av
+    return X, V, adjoint.ax, adjoint.av
+
+
+class _Adjoint:
+    """Arithmetic for ``inverse_step`` that also pulls the adjoint back through every primitive it undoes.
+
+    ``inverse_step`` undoes a step's sub-flows in reverse order, which is the order reverse-mode
+    differentiation visits them, so each inverse primitive applies the transpose of its forward primitive to
+    the adjoint ``(ax, av)``: ``damp`` (``v <- g v``) gives ``av <- g av``; ``kick`` (``v <- v + c f``) gives
+    the cotangent ``c av`` of ``f``, pulled through the recorded residual graph into ``ax`` and the
+    parameters; ``drift`` (``x <- x + h v``) gives ``av <- av + h ax``. The products are autograd's own
+    (a tensor times the same Python scalar), so the gradient equals autograd's through the forward
+    recurrence evaluated at the reconstructed states.
+    """
+
+    def __init__(self, inverse_ops, ax, av, sink: "_GradSink"):
+        self.inv = inverse_ops
+        self.ax, self.av = ax, av
+        self.sink = sink
+        self.records: dict[int, tuple] = {}  # id of a residual value handed to inverse_step -> its record
+
+    def coefficient(self, g):
+        return self.inv.coefficient(g)
+
+    def undamp(self, v, g):
+        self.av = self.av * g
+        return self.inv.undamp(v, g)
+
+    def unkick(self, v, c, f):
+        value, rec = self.records[id(f)]
+        internal_assert(value is f, "kicks use the residual values the recorder handed out")
+        if rec.out.requires_grad:
+            wrt = [rec.xd] + [self.sink.leaves[i] for i in rec.leaves]
+            grads = torch.autograd.grad(rec.out, wrt, self.av * c, retain_graph=True, allow_unused=True)
+            if grads[0] is not None:
+                self.ax = self.ax + grads[0]
+            self.sink.add(rec.leaves, grads[1:])
+        return self.inv.unkick(v, c, f)
+
+    def undrift(self, x, h, v):
+        self.av = self.av + (self.ax if h == 1.0 else self.ax * h)
+        return self.inv.undrift(x, h, v)
 
 
 @dataclass
@@ -168,14 +201,14 @@ class _Record:
 class _Recorder:
     """The ``func`` handed to ``inverse_step``: evaluates with graph, replays RNG, reuses the last call."""
 
-    def __init__(self, rng: RNGLog, sink: "_GradSink", decode):
+    def __init__(self, rng: RNGLog, sink: "_GradSink", decode, adjoint: _Adjoint):
         self.rng = rng
         self.sink = sink
         self.decode = decode
+        self.adjoint = adjoint
         self.n_evals = 0
         self._func = None
         self._memo: LastCall | None = None
-        self._records: list[_Record] = []
         self._last: _Record | None = None
 
     def begin_step(self, func, n):
@@ -184,15 +217,13 @@ class _Recorder:
             self._memo = LastCall(self._evaluate)
             self._last = None
         self._step = n
-        self._records = []
-
-    def end_step(self) -> list[_Record]:
-        return self._records
+        self.adjoint.records.clear()
 
     def __call__(self, t, x):
         self._memo(t, x)
-        self._records.append(self._last)
-        return self._last.out.detach()
+        value = self._last.out.detach()
+        self.adjoint.records[id(value)] = (value, self._last)
+        return value
 
     def _evaluate(self, t, x):
         self.rng.restore(len(self.rng) - 1 - self.n_evals)
@@ -202,40 +233,6 @@ class _Recorder:
             out = CheckedFunc(self._func, self._step)(t, xd)
         self._last = _Record(t, xd, out, self.sink.leaves_of(out, xd, self._step))
         return out
-
-
-class _Replayer:
-    """The ``func`` handed to the recomputed ``step``: returns recorded outputs, in reverse call order."""
-
-    def __init__(self, records: list[_Record], sink: "_GradSink"):
-        self.records = list(records)
-        self.sink = sink
-
-    def __call__(self, t, x):
-        internal_assert(bool(self.records), "step evaluates F as often as inverse_step")
-        rec = self.records.pop()
-        internal_assert(rec.t is t, "step evaluates F at the times inverse_step did, in reverse order")
-        return _Replay.apply(x, rec, self.sink)
-
-
-class _Replay(torch.autograd.Function):
-    """Identity on the recorded residual value; its backward is the recorded vector-Jacobian product."""
-
-    @staticmethod
-    def forward(ctx, x, rec: _Record, sink):
-        ctx.rec, ctx.sink = rec, sink
-        return rec.out.detach()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        rec, sink = ctx.rec, ctx.sink
-        if not rec.out.requires_grad:
-            return None, None, None
-        wrt = [rec.xd] + [sink.leaves[i] for i in rec.leaves]
-        grads = torch.autograd.grad(rec.out, wrt, grad, retain_graph=True, allow_unused=True)
-        sink.add(rec.leaves, grads[1:])
-        return grads[0], None, None
 
 
 class _GradSink:

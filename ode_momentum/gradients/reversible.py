@@ -118,8 +118,6 @@ def auto_segment(traj: Trajectory, dtype: torch.dtype, drift_tol: float) -> int:
 class FloatSystem:
     """State system of float reversal: the state is its own encoding; ``every`` adds checkpoints."""
 
-    recompute_ops = FLOAT
-
     def __init__(self, traj: Trajectory, options: ReversibleOptions, every: int | None):
         self.traj = traj
         self.options = options

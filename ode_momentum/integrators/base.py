@@ -17,12 +17,14 @@ Contract for implementers (numbered, as in scipy's ``OdeSolver``):
    scheme written this way is bit-exactly reversible for free.
 3. A reversible scheme writes ``inverse_step`` with the inverse primitives (``undamp``, ``unkick``,
    ``undrift``) applied in the reverse order, evaluating ``F`` at the same ``(t, x)`` as the forward did.
-4. Evaluate ``F`` only through ``func(t, x)``, with ``t`` one of ``span.t0`` / ``span.t1`` (or a tensor built
-   from them). The driver passes a memoising ``func``, so an evaluation at the end of one step is reused at
-   the start of the next (first same as last).
+4. Evaluate ``F`` only through ``func(t, x)``, with ``t`` one of ``span.t0`` / ``span.t1`` or an intermediate
+   time from :class:`~ode_momentum.integrators.SubTimes`, which hands ``step`` and ``inverse_step`` the same
+   tensor objects. The driver passes a memoising ``func`` keyed on object identity, so an evaluation at the
+   end of one step is reused at the start of the next (first same as last), forwards and backwards.
 5. Know nothing of autograd: gradient modes only call ``step`` / ``inverse_step``.
 
-Damping over a sub-step ``s`` is ``damping(s)``; schemes built with :meth:`AbstractIntegrator.from_gamma`
+``damping(s)`` is the factor by which a sub-step of length ``s`` contracts the velocity (``|g|``; 1 for a
+scheme that does not damp); memory-free gradient modes refuse a step whose factor is 0. Schemes built with :meth:`AbstractIntegrator.from_gamma`
 return the given ``gamma`` exactly for the unit step, so a discrete net's coefficient is not perturbed by a
 round trip through ``eps``.
 """
