@@ -295,6 +295,8 @@ def fit(config: FitConfig) -> dict:
         "depth": config.depth,
         "width": config.width,
         "gamma": config.gamma if config.model == "momentum" else 0.0,  # first-order models are gamma = 0
+        # the damping the forward applied: gamma, or its dyadic quantisation in the exact / auto modes
+        "effective_gamma": getattr(model.stage, "effective_gamma", 0.0),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,

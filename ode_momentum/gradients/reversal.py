@@ -72,7 +72,8 @@ def solve_with_reversal(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, sy
 
 def _refuse_hidden_grad(traj: Trajectory, x0: torch.Tensor) -> None:
     """Nothing declared needs a gradient: make sure the first residual does not read a tensor that does."""
-    with torch.random.fork_rng(devices=[]), buffers_unchanged(traj.root):
+    devices = [x0.device] if x0.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), buffers_unchanged(traj.root):
         out = traj.funcs[0](traj.spans[0].t0, x0)
     if isinstance(out, torch.Tensor) and out.requires_grad:
         _GradSink([]).leaves_of(out, x0, 0)  # raises, naming the tensor
