@@ -2,7 +2,8 @@
 
 Integrators (``INTEGRATORS``), the functional solver :func:`odeint`, layers (:class:`MomentumResNet`,
 :class:`MomentumODE`) with memory-free gradients, analysis (``ode_momentum.analysis``) and data
-(``ode_momentum.data``).
+(``ode_momentum.data``); :func:`to_momentum` converts ResNets and Transformer encoders, ``ode_momentum.models``
+builds ResNets (plain or momentum).
 """
 
 from .gradients import (
@@ -13,14 +14,17 @@ from .gradients import (
     ReconstructionDriftWarning,
 )
 from .integrators import INTEGRATORS, AsynchronousLeapfrog, Euler, Leapfrog, Momentum, MomentumExp, Yoshida4
-from .nn import MomentumODE, MomentumResNet, NeuralODE, ResNetStack
+from .nn import AdditiveCoupling, MomentumODE, MomentumResNet, NeuralODE, ResNetStack, RevNetStack
 from .odeint import odeint
+from . import models  # ResNet builders: ode_momentum.models.resnet18, ...
+from .convert import to_momentum, transform_to_momentumnet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GRADIENTS",
     "INTEGRATORS",
+    "AdditiveCoupling",
     "AsynchronousLeapfrog",
     "Euler",
     "ExactReversalError",
@@ -34,6 +38,10 @@ __all__ = [
     "ReconstructionDriftError",
     "ReconstructionDriftWarning",
     "ResNetStack",
+    "RevNetStack",
     "Yoshida4",
+    "models",
     "odeint",
+    "to_momentum",
+    "transform_to_momentumnet",
 ]

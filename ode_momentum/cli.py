@@ -8,6 +8,9 @@ fit
 study step-limit
     The infinitesimal-step limit and work-precision study (:func:`ode_momentum.studies.run_step_limit`):
     ``--out DIR`` receives CSV tables and PNG figures, ``--quick`` picks small sizes.
+verify
+    Check the paper's claims numerically (:mod:`ode_momentum.verify`, ``ode_momentum.theory``) and print a
+    PASS/FAIL table; ``--quick`` for small sizes, ``--json FILE`` to save the results; exit status 1 on a FAIL.
 
 A command is one ``_add_<name>`` function that declares its parser and sets ``run`` to the function that
 executes it; :func:`main` dispatches.
@@ -20,8 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .robustness import add_robustness_parser
 from .studies import add_study_parser
 from .train import GRADIENTS, MODELS, FitConfig, fit
+from .train_images import add_finetune_parser, add_image_fit_options, run_image_fit, wants_images
+from .verify import add_verify_parser
 
 # columns of the summary table: (header, format of a metrics dict)
 _COLUMNS = (
@@ -54,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     _add_fit(commands)
     add_study_parser(commands)
+    add_verify_parser(commands)
+    add_finetune_parser(commands)
+    add_robustness_parser(commands)
     return parser
 
 
@@ -75,8 +84,10 @@ def _add_fit(commands) -> None:
         action="store_true",
         help="train 'momentum' and 'resnet' with the same settings into OUT/momentum and OUT/resnet",
     )
-    p.add_argument("--depth", type=int, default=d.depth, help="residual functions (node: Euler steps)")
-    p.add_argument("--width", type=int, default=d.width, help="features of the residual stage")
+    unset = argparse.SUPPRESS  # options whose default depends on --arch: absent from args unless given
+    p.add_argument("--depth", type=int, default=unset, help=f"residual functions (node: Euler steps; default: {d.depth})")
+    p.add_argument("--width", type=int, default=unset,
+                   help=f"features of the residual stage (default: {d.width}); --arch: channels of layer1")
     p.add_argument("--gamma", type=float, default=d.gamma, help="momentum coefficient in [0, 1] (momentum only)")
     p.add_argument(
         "--gradient",
@@ -85,11 +96,14 @@ def _add_fit(commands) -> None:
         help="how to differentiate the momentum stage (default: reversible; the first-order models always "
         "backprop)",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="mini-batch size")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW step size (cosine-annealed to 0)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decoupled weight decay")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="input dropout probability in [0, 1)")
+    p.add_argument("--epochs", type=int, default=unset, help=f"passes over the training set (default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=unset, help=f"mini-batch size (default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=unset,
+                   help=f"peak AdamW step size, cosine-annealed to 0 (default: {d.lr}); --arch: initial step size")
+    p.add_argument("--weight-decay", type=float, default=unset,
+                   help=f"AdamW decoupled weight decay (default: {d.weight_decay}; --arch: 5e-4)")
+    p.add_argument("--dropout", type=float, default=unset,
+                   help=f"input dropout probability in [0, 1) (default: {d.dropout})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the weights and the batches")
     p.add_argument("--out", type=Path, default=d.out, help="output directory")
     p.add_argument(
@@ -98,21 +112,20 @@ def _add_fit(commands) -> None:
         default=d.threads,
         help="torch intra-op threads during the run; 0: torch's own count",
     )
+    add_image_fit_options(p)
     p.set_defaults(run=_run_fit, parser=p)
 
 
 def _run_fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if wants_images(args):  # --arch (or an option of its group): a ResNet on images
+        return run_image_fit(args, parser)
     settings = dict(
-        depth=args.depth,
-        width=args.width,
         gamma=args.gamma,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        dropout=args.dropout,
         seed=args.seed,
         threads=None if args.threads == 0 else args.threads,
+        # given options only: the rest keep FitConfig's defaults
+        **{name: getattr(args, name) for name in ("depth", "width", "epochs", "batch_size", "lr", "weight_decay",
+                                                  "dropout") if hasattr(args, name)},
     )
     if args.compare:
         # the ResNet is the gamma = 0 model: it cannot be reversed, so --gradient applies to momentum only

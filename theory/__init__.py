@@ -5,4 +5,12 @@ Each module paraphrases its claim in its docstring and exposes ``verify(quick: b
 runs them all.
 """
 
-CLAIMS: list[str] = ["continuous_limit", "linear_representability"]
+CLAIMS: list[str] = [
+    "invertibility",
+    "finite_precision",
+    "continuous_limit",
+    "linear_representability",
+    "first_order_embedding",
+    "crossing",
+    "fixed_points",
+]

@@ -6,7 +6,8 @@ point for the exact mode); only the final state and what the state system asks f
 
 1. ``inverse_step`` reconstructs the encoded state of step ``n``. Each residual evaluation it makes is
    recorded with its graph, on a detached float copy of its input, under the RNG state of the matching
-   forward evaluation.
+   forward evaluation. The forward evaluated the residual the same way (autograd on, input requiring
+   grad, value detached at once), so kernels that depend on grad mode take the same path both times.
 2. The same call pulls the adjoint ``(a_x, a_v)`` back: its arithmetic (``_Adjoint``) applies, at each
    primitive it undoes, the transpose of that primitive, and at each kick one vector-Jacobian product
    through the recorded residual. A step costs one evaluation and one vector-Jacobian product of ``F`` on
@@ -104,7 +105,8 @@ class _ReversalSolve(torch.autograd.Function):
         X, V = system.encode(x0, v0)
         ops = system.training_ops(V)
         xs, vs = run_forward(
-            run.traj, X, V, on_eval=run.rng.record, ops=ops, on_step=system.on_step, decode=system.decode
+            run.traj, X, V, on_eval=run.rng.record, ops=ops, on_step=system.on_step, decode=system.decode,
+            as_recorded=True,
         )
         system.end_forward()
         ctx.run = run

@@ -124,13 +124,18 @@ class CheckedFunc:
         return f
 
 
-def run_forward(traj: Trajectory, x0, v0, *, on_eval=None, ops=FLOAT, on_step=None, decode=None):
+def run_forward(
+    traj: Trajectory, x0, v0, *, on_eval=None, ops=FLOAT, on_step=None, decode=None, as_recorded=False
+):
     """Integrate ``traj`` from ``(x0, v0)``; returns the lists of saved ``x`` and ``v``.
 
     Autograd records whatever the caller's grad mode allows. ``ops`` is the arithmetic of the steps and
     ``decode`` turns a state into the float tensor the residual functions see (identity by default).
     ``on_eval()``, if given, is called before every actual evaluation of a residual function (not before
     reused ones), in order; ``on_step(n, x, v)`` before step ``n`` and once more with ``n = N`` at the end.
+    ``as_recorded=True`` evaluates every residual exactly as a memory-free backward will: with autograd on
+    and an input that requires grad, keeping only the detached value. Kernels chosen by grad mode (a
+    compiled function's training graph, fused attention) then round the same way in both directions.
     """
     memos: dict[int, LastCall] = {}
     saves = iter(traj.save_at)
@@ -150,19 +155,24 @@ def run_forward(traj: Trajectory, x0, v0, *, on_eval=None, ops=FLOAT, on_step=No
         memo = memos.get(id(func))
         if memo is None:
             memos.clear()  # a new function: earlier evaluations cannot be reused
-            memo = memos[id(func)] = LastCall(_Evaluator(func, n, on_eval, decode))
+            memo = memos[id(func)] = LastCall(_Evaluator(func, n, on_eval, decode, as_recorded))
         memo.func.step = n
         x, v = traj.integrator.step(memo, x, v, traj.spans[n], ops)
     return xs, vs
 
 
 class _Evaluator(CheckedFunc):
-    def __init__(self, func, step, on_eval, decode):
+    def __init__(self, func, step, on_eval, decode, as_recorded):
         super().__init__(func, step)
         self.on_eval = on_eval
         self.decode = decode
+        self.as_recorded = as_recorded
 
     def __call__(self, t, x):
         if self.on_eval is not None:
             self.on_eval()
-        return super().__call__(t, x if self.decode is None else self.decode(x))
+        x = x if self.decode is None else self.decode(x)
+        if not self.as_recorded:
+            return super().__call__(t, x)
+        with torch.enable_grad():  # the graph is dropped at once: memory stays one evaluation deep
+            return super().__call__(t, x.detach().requires_grad_()).detach()

@@ -1,7 +1,8 @@
-"""Layers: the discrete ``MomentumResNet``, the continuous ``MomentumODE``, and first-order baselines."""
+"""Layers: the discrete ``MomentumResNet``, the continuous ``MomentumODE``, first-order baselines and a RevNet."""
 
 from .baselines import NeuralODE, ResNetStack
 from .momentum_ode import MomentumODE
 from .momentum_resnet import MomentumResNet
+from .revnet import AdditiveCoupling, RevNetStack
 
-__all__ = ["MomentumODE", "MomentumResNet", "NeuralODE", "ResNetStack"]
+__all__ = ["AdditiveCoupling", "MomentumODE", "MomentumResNet", "NeuralODE", "ResNetStack", "RevNetStack"]
