@@ -335,8 +335,9 @@ class _ExactReverse:
                 f"exact reversal mismatch at step {n} (layer {n} of a MomentumResNet): the recomputed residual "
                 "differs from the forward's. Something changed between forward and backward: a parameter "
                 "modified in place, dropout or other randomness not replayed, or a nondeterministic kernel "
-                "(use torch.use_deterministic_algorithms(True)). The gradients would be wrong, so none are "
-                "returned."
+                "(use torch.use_deterministic_algorithms(True)), or a torch.compile'd residual that ran "
+                "eagerly in the backward (Dynamo's recompile limit is shared by all compiled modules). The "
+                "gradients would be wrong, so none are returned."
             )
         internal_assert(self.ops.buffer.is_empty(), "the bit buffer is empty after an exact reversal")
         internal_assert(self.ops.n_mul == 0, "every exact multiply was undone")
