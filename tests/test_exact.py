@@ -329,7 +329,7 @@ def test_checkpoint_memory_grows_with_segments_and_exact_barely_grows():
 
     state = 64 * 16 * 4  # one float32 state tensor
     assert saved("checkpoint", 64, every=8) - saved("checkpoint", 8, every=8) == 2 * 7 * state
-    # exact: x0, v0 (float32) + X_N, V_N (int64) + buffer words: one int64 word per element per ~200 layers
+    # exact: X_N, V_N (int64) + buffer words: one int64 word per element per ~200 layers
     grow = saved("exact", 256) - saved("exact", 8)
     assert 0 <= grow <= 2 * 2 * state
     assert saved("backprop", 256) >= 50 * saved("exact", 256)
@@ -341,9 +341,8 @@ def test_auto_picks_float_reversal_when_its_drift_is_tiny():
     shallow = om.MomentumResNet([mlp(8) for _ in range(4)], 0.9, gradient="auto")
     deep = om.MomentumResNet([mlp(8) for _ in range(64)], 0.9, gradient="auto")
     x = torch.randn(4, 8)
-    # float reversal keeps x0, x_N, v_N (float32); exact keeps x0, v0 (float32), X_N, V_N and one buffer word
-    # (int64)
+    # float reversal keeps x0, x_N, v_N (float32); exact keeps X_N, V_N and one buffer word (int64)
     assert saved_tensor_bytes(shallow, x.clone().requires_grad_()) == x.numel() * (3 * 4)
-    assert saved_tensor_bytes(deep, x.clone().requires_grad_()) == x.numel() * (2 * 4 + 3 * 8)
+    assert saved_tensor_bytes(deep, x.clone().requires_grad_()) == x.numel() * (3 * 8)
     assert shallow.effective_gamma == deep.effective_gamma == effective_gamma(0.9)
     assert math.isclose(shallow.effective_gamma, 0.9, rel_tol=0, abs_tol=2**-31)
