@@ -25,7 +25,7 @@ import torch
 from ._checks import check_choice, check_positive_int, check_real
 from .analysis import Table
 from .data.rings import check_seed
-from .train import _threads
+from ._runs import torch_threads
 from .train_images import (
     GRADIENTS,
     ImageFitConfig,
@@ -133,7 +133,7 @@ def run_gamma_robustness(config: GammaRobustnessConfig) -> Table:
         fit_config = config.fit_config(gamma_train)
         fit_images(fit_config)
         data = load_images(fit_config)
-        with torch.random.fork_rng(devices=[]), _threads(config.threads):
+        with torch.random.fork_rng(devices=[]), torch_threads(config.threads):
             model, _ = load_image_model(fit_config.out / "model.pt")
             for k, gamma_test in enumerate(config.gamma_test):
                 gradient = "backprop" if gamma_test == 0.0 else config.gradient

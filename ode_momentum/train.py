@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ._checks import check_choice, check_gamma, check_positive_int, check_real
 from .analysis import saved_tensor_bytes
 from .data import load_digits
 from ._checks import check_seed
+from ._runs import check_out, check_threads_progress, stderr_is_tty, torch_threads
 from .gradients import GRADIENTS as _GRADIENT_REGISTRY
 from .nn import MomentumResNet, NeuralODE, ResNetStack
 
@@ -91,13 +91,8 @@ class FitConfig:
                 "Use 0 to switch it off."
             )
         check_seed(self.seed)
-        if not isinstance(self.out, (str, Path)):
-            raise TypeError(f"`out` must be a path (str or pathlib.Path); got {type(self.out).__name__}.")
-        self.out = Path(self.out)
-        if self.threads is not None:
-            check_positive_int("threads", self.threads)
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise TypeError(f"`progress` must be True, False or None; got {type(self.progress).__name__}.")
+        self.out = check_out(self.out)
+        check_threads_progress(self.threads, self.progress)
 
     @property
     def gradient_mode(self) -> str:
@@ -273,7 +268,7 @@ def fit(config: FitConfig) -> dict:
     data = load_digits(seed=config.seed)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), _threads(config.threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(config.threads):
         torch.manual_seed(config.seed)
         model = build_model(config, data.n_features, data.n_classes)
         batch_gen = torch.Generator().manual_seed(config.seed)
@@ -326,7 +321,7 @@ def _train(model: nn.Module, data, config: FitConfig, gen: torch.Generator):
     steps_per_epoch = -(-n // config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     history, seconds = [], 0.0
-    show = config.progress if config.progress is not None else _stderr_is_tty()
+    show = config.progress if config.progress is not None else stderr_is_tty()
     bar = tqdm(range(1, config.epochs + 1), desc=f"fit {config.model}", unit="epoch", disable=not show)
     with contextlib.closing(bar):
         for epoch in bar:
@@ -403,23 +398,5 @@ def _title(config: FitConfig) -> str:
     return f"{config.model} (depth {config.depth}, width {config.width}{gamma}, {config.gradient_mode})"
 
 
-def _stderr_is_tty() -> bool:
-    stream = sys.stderr
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError):  # replaced or closed stream
-        return False
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """Run with ``n`` intra-op threads and restore the previous count (``None``: leave it)."""
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -37,7 +37,8 @@ from .data.rings import check_seed
 from .gradients import GRADIENTS as _GRADIENT_REGISTRY
 from .models import ARCHS, STAGES, STEMS, resnet
 from .nn import MomentumResNet
-from .train import _stderr_is_tty, _threads, save_curves
+from ._runs import check_out, check_threads_progress, stderr_is_tty, torch_threads
+from .train import save_curves
 
 DATASETS = ("digits", "cifar10", "cifar100")
 MODELS = ("momentum", "resnet")
@@ -162,13 +163,8 @@ class ImageFitConfig:
         if self.n_train is not None:
             check_positive_int("n_train", self.n_train)
         check_seed(self.seed)
-        if not isinstance(self.out, (str, Path)):
-            raise TypeError(f"`out` must be a path (str or pathlib.Path); got {type(self.out).__name__}.")
-        self.out = Path(self.out)
-        if self.threads is not None:
-            check_positive_int("threads", self.threads)
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise TypeError(f"`progress` must be True, False or None; got {type(self.progress).__name__}.")
+        self.out = check_out(self.out)
+        check_threads_progress(self.threads, self.progress)
 
     @property
     def gradient_mode(self) -> str:
@@ -277,7 +273,7 @@ def fit_images(config: ImageFitConfig) -> dict:
         raise TypeError(f"`config` must be an ImageFitConfig; got {type(config).__name__}.")
     data = load_images(config)
     config.out.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), _threads(config.threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(config.threads):
         torch.manual_seed(config.seed)
         model = build_image_model(config, data.image_shape[0], data.n_classes)
         gen = torch.Generator().manual_seed(config.seed)
@@ -346,10 +342,7 @@ class FinetuneConfig:
                 raise TypeError(f"`data_dir` must be a path; got {type(self.data_dir).__name__}.")
             self.data_dir = Path(self.data_dir)
         check_seed(self.seed)
-        if self.threads is not None:
-            check_positive_int("threads", self.threads)
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise TypeError(f"`progress` must be True, False or None; got {type(self.progress).__name__}.")
+        check_threads_progress(self.threads, self.progress)
 
 
 def finetune(config: FinetuneConfig) -> dict:
@@ -397,7 +390,7 @@ def finetune(config: FinetuneConfig) -> dict:
     )
     data = load_images(new_config)
     config.out.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), _threads(config.threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(config.threads):
         _, source_acc = evaluate(source, data)
         model = regamma(source, config.gamma, config.gradient)
         _, converted_acc = evaluate(model, data)
@@ -476,7 +469,7 @@ def train_model(model: nn.Module, data: ImageSplit, recipe, gen: torch.Generator
     loss_fn = nn.CrossEntropyLoss()
     n = len(data.y_train)
     history, seconds = [], 0.0
-    show = recipe.progress if recipe.progress is not None else _stderr_is_tty()
+    show = recipe.progress if recipe.progress is not None else stderr_is_tty()
     bar = tqdm(range(1, recipe.epochs + 1), desc=desc, unit="epoch", disable=not show)
     with contextlib.closing(bar):
         for epoch in bar:

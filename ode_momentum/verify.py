@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_positive_int
+from ._runs import torch_threads
 from .analysis import ClaimReport
 
 PASS, FAIL, MISSING, ERROR = "PASS", "FAIL", "MISSING", "ERROR"
@@ -116,17 +117,6 @@ def _module_or_none(name: str):
     return sys.modules.get(f"ode_momentum.theory.{name}")
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run_claims(
@@ -168,7 +158,7 @@ def run_claims(
         check_positive_int("threads", threads)
     show = _stderr_is_tty() if progress is None else bool(progress)
     outcomes = []
-    with _threads(threads):
+    with torch_threads(threads):
         bar = tqdm(names, desc="verify", unit="claim", disable=not show, file=sys.stderr)
         with contextlib.closing(bar):
             for name in bar:

@@ -28,7 +28,7 @@ from .._checks import check_positive_int, internal_assert
 from ..integrators import FloatArithmetic
 from . import fixed_point as fp
 from .reversal import check_reversible, solve_with_reversal
-from .reversible import DEFAULT_DRIFT_TOL, FloatSystem, ReversibleOptions, predicted_drift
+from .reversible import FloatSystem, ReversibleOptions, predicted_drift
 from .trajectory import Trajectory
 
 
