@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .robustness import add_robustness_parser
+from .benchmarking.cli import add_bench_parser
 from .studies import add_study_parser
 from .train import GRADIENTS, MODELS, FitConfig, fit
 from .train_images import add_finetune_parser, add_image_fit_options, run_image_fit, wants_images
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_fit(commands)
     add_study_parser(commands)
     add_verify_parser(commands)
+    add_bench_parser(commands)
     add_finetune_parser(commands)
     add_robustness_parser(commands)
     return parser

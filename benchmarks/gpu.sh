@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU subset of the benchmark (BenchPlan.gpu in ode_momentum/benchmarking/runner.py), for a machine with CUDA:
+#   - peak memory as torch.cuda.max_memory_allocated above the memory allocated before the pass,
+#     stacks mlp512 and conv16, depths 32, 128, 512, every method;
+#   - forward+backward time ratios against our backprop (synchronised wall clock, interleaved pairs),
+#     depths 32 and 128, float32 and bfloat16;
+#   - gradient error against float64 backprop at depth 128, gamma 0.9, float32 and bfloat16.
+# Designed to finish in under 5 minutes on one current data-centre GPU (the first exact_fused call compiles
+# its kernels, about a minute of that). Results: OUT/bench.json, OUT/benchmarks.md and the PNG figures.
+#
+# Usage:   benchmarks/gpu.sh [OUT]          (default OUT: benchmarks/results/gpu)
+# Env:     PYTHON (default: python), BENCH_TIMEOUT_S (default 600: a hard stop, twice the design time)
+# Exit:    0 done; 77 no usable CUDA device, nothing was run; 124 timed out; otherwise the run's own status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-benchmarks/results/gpu}"
+python="${PYTHON:-python}"
+
+status=0
+"$python" - <<'PY' || status=$?
+import sys
+try:
+    import torch
+except Exception as err:  # noqa: BLE001 -- any import failure means: nothing to run here
+    print(f"benchmarks/gpu.sh: cannot import torch ({err}); nothing was run.", file=sys.stderr)
+    sys.exit(77)
+if not torch.cuda.is_available():
+    print(f"benchmarks/gpu.sh: no CUDA device visible to torch {torch.__version__} (CUDA build: "
+          f"{torch.version.cuda or 'none, a CPU build'}); nothing was run. Run it on a GPU machine; the CPU "
+          "benchmark is `ode-momentum bench --out DIR`.", file=sys.stderr)
+    sys.exit(77)
+print(f"benchmarks/gpu.sh: {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})")
+PY
+if [ "$status" -ne 0 ]; then
+    exit "$status"
+fi
+
+status=0
+timeout "${BENCH_TIMEOUT_S:-600}" "$python" -m ode_momentum.benchmarking --device cuda --out "$out" || status=$?
+if [ "$status" -eq 124 ]; then
+    echo "benchmarks/gpu.sh: stopped after ${BENCH_TIMEOUT_S:-600} s (designed for under 300 s); partial results are not written." >&2
+fi
+exit "$status"
