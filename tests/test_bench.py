@@ -110,6 +110,8 @@ def test_available_methods_are_measured(tiny_run):
     saved = {r["method"]: r["value"] for r in ours if r["kind"] == "saved_bytes" and r["stack"] == "mlp64"
              and r["depth"] == 4 and r["gamma"] == 0.9}
     assert saved["reversible"] < saved["backprop"]  # a property, not a figure: memory-free saves less
+    breakdowns = [r for r in ours if r["kind"] == "saved_bytes" and "saved" in r]
+    assert breakdowns and not [r["method"] for r in breakdowns if "saved_mismatch" in r]
     grad = {r["method"]: r["value"] for r in ours if r["kind"] == "grad_error" and r["depth"] == 2}
     assert grad["backprop"] < 1e-4  # float32 against float64 on a depth-2 stack of width 8
 
@@ -193,6 +195,14 @@ def test_bench_parser_defaults_and_errors(tmp_path):
     assert args.quick and args.out == Path(tmp_path) and args.device == "cpu" and args.threads == 1
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--out", str(tmp_path), "--methods", "not_a_method"])
+
+
+def test_ode_momentum_cli_dispatches_bench(tmp_path):
+    from ode_momentum.benchmarking.cli import run_bench_command
+    from ode_momentum.cli import _parser
+
+    args = _parser().parse_args(["bench", "--quick", "--out", str(tmp_path), "--no-install"])
+    assert args.run is run_bench_command and args.quick and args.no_install
 
 
 def test_config_rejects_bad_settings(tmp_path):

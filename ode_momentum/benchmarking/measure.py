@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -43,28 +44,45 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return saved_tensor_bytes(model, x)
 
 
-def saved_tensor_summary(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """What :func:`saved_bytes` counts, by kind: ``{"int64[256, 64]": count, ...}`` over unique storages.
+def saved_tensor_summary(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], int]:
+    """What :func:`saved_bytes` counts, by kind: ``({"int64[256, 64]": count, ...}, total bytes)``.
 
-    The same rule as ``ode_momentum.analysis.saved_tensor_bytes`` (parameters and their storages excluded),
-    in a second forward: saved-tensor hooks do not nest, so the two cannot share one pass.
+    The rule of ``ode_momentum.analysis.saved_tensor_bytes`` (tensors still held by the returned graph, once
+    per storage, parameters excluded), in a second forward: saved-tensor hooks do not nest, so the two cannot
+    share one pass. The runner checks that the totals agree.
     """
     excluded = {(p.untyped_storage().data_ptr(), p.device) for p in model.parameters()}
-    seen: dict = {}
+    held: list[weakref.ref] = []
+
+    class Box:
+        __slots__ = ("tensor", "__weakref__")
+
+        def __init__(self, t):
+            self.tensor = t.detach()  # see analysis.memory._Held: no cycle through the graph
 
     def pack(t: torch.Tensor):
-        key = (t.untyped_storage().data_ptr(), t.device)
-        if not isinstance(t, nn.Parameter) and key not in excluded and key not in seen:
-            seen[key] = f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}"
-        return t
+        box = Box(t)
+        if not isinstance(t, nn.Parameter):
+            held.append(weakref.ref(box))
+        return box
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
         out = model(x)
+    seen: dict = {}
+    for ref in held:
+        box = ref()
+        if box is None:
+            continue
+        t = box.tensor
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in excluded and key not in seen:
+            seen[key] = (f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}", t.untyped_storage().nbytes())
     del out
     summary: dict[str, int] = {}
-    for kind in seen.values():
+    for kind, _ in seen.values():
         summary[kind] = summary.get(kind, 0) + 1
-    return dict(sorted(summary.items(), key=lambda kv: -kv[1]))
+    total = sum(nbytes for _, nbytes in seen.values())
+    return dict(sorted(summary.items(), key=lambda kv: -kv[1])), int(total)
 
 
 def _sync(device: torch.device) -> None:

@@ -536,8 +536,11 @@ def markdown(results: dict, figure_dir: str) -> str:
             L += _table(["depth", "gamma"] + [f"`{m}`" for m in gm], rows)
         if s in plan["rss_stacks"]:
             what = ("Peak RSS above the pre-forward baseline in a fresh process (activations, saved states and "
-                    "the backward's transients, parameter gradients preallocated)" if machine["device"] == "cpu"
-                    else "`max_memory_allocated` above the memory allocated before the pass")
+                    "the backward's transients; parameter gradients preallocated, so they are not counted, but "
+                    "a method whose autograd Function returns the gradients of every layer's parameters at once "
+                    "(ours, momentumnet's memory-free mode) holds a second set of them until it returns)"
+                    if machine["device"] == "cpu" else
+                    "`max_memory_allocated` above the memory allocated before the pass")
             L += [f"{what}, gamma {gamma}:", ""]
             rows = [[str(d)] + [_cell(_one(results, "peak_memory", stack=s, depth=d, method=m), _mib) for m in methods]
                     for d in plan["rss_depths"]]
@@ -608,15 +611,17 @@ def markdown(results: dict, figure_dir: str) -> str:
              (r["reason"] or "").replace("|", "/").replace("\n", " ")[:300]] for r in failures])
     else:
         L += ["No measurement failed.", ""]
-    warned = {}
+    warned: dict[tuple[str, str], list] = {}  # (method, category) -> [cells, an example message]
     for r in results["records"]:
         for w in r["warnings"]:
-            warned.setdefault((r["method"], w), 0)
-            warned[(r["method"], w)] += 1
+            category, _, message = w.partition(": ")
+            entry = warned.setdefault((r["method"], category), [0, message])
+            entry[0] += 1
     if warned:
-        L += ["Warnings raised during measurements (method, message, cells):", ""]
-        L += _table(["method", "warning", "cells"], [[f"`{m}`", w.replace("|", "/")[:240], str(n)]
-                                                      for (m, w), n in warned.items()])
+        L += ["Warnings raised during measurements (one example message per method and category):", ""]
+        L += _table(["method", "warning", "cells", "example"], [
+            [f"`{m}`", category, str(n), example.replace("|", "/")[:200]]
+            for (m, category), (n, example) in warned.items()])
     return "\n".join(L).rstrip() + "\n"
 
 

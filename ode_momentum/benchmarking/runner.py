@@ -2,8 +2,10 @@
 :func:`run_bench`, which measures, evaluates the issue's targets and writes JSON, figures and Markdown.
 
 Every planned cell (measurement x stack x depth x gamma x method) produces one record: a value, or the
-status ``"unavailable"`` (the package could not be imported or installed, with the reason), ``"error"`` (the
-method raised; the message is kept) or ``"nonfinite"`` (a gradient of nan or inf). Nothing is dropped.
+status ``"unavailable"`` (the package could not be imported or installed, with the reason), ``"skipped"``
+(predicted too costly, with the rule), ``"error"`` (the method raised; the message is kept) or
+``"nonfinite"`` (a gradient of nan or inf). Nothing is dropped. :func:`rewrite_report` regenerates the
+targets, figures and Markdown from a ``bench.json`` without measuring.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import torch
 
 from . import measure
 from .methods import Method, all_methods, reference_model
-from .report import RESULTS_FILE
 from .packages import MOMENTUMNET, PackageStatus, default_site_dir, ensure_momentumnet, torchdiffeq_status
+from .report import RESULTS_FILE
 from .stacks import STACKS, StackSpec, build_functions, converted, make_input
-from .worker import _current_rss_bytes, peak_rss
+from .worker import current_rss_bytes, peak_rss
 
 SCHEMA = "ode-momentum-bench/1"
 TIMING_METHOD = "backprop"  # every time ratio is against our own backprop, interleaved
@@ -279,7 +281,7 @@ def _measure_into(row: dict, fn: Callable[[], dict]) -> dict:
     row["warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:200]}" for w in caught})[:5]
     row["seconds"] = round(time.perf_counter() - start, 3)
     _release_memory(collect=False)
-    row["runner_rss_bytes"] = _current_rss_bytes()  # this process after the cell (a leak would show here)
+    row["runner_rss_bytes"] = current_rss_bytes()  # this process after the cell (a leak would show here)
     return row
 
 
@@ -524,8 +526,11 @@ def _run_stack(stack, plan, methods, unavailable, site_dir, device, records, pro
                         _measure_into(row, lambda: {"value": measure.saved_bytes(build(method, gamma),
                                                                                  x.clone().requires_grad_(True))})
                         if depth == min(plan.memory_depths) and gamma == plan.gamma and row["status"] == "ok":
-                            row["saved"] = measure.saved_tensor_summary(build(method, gamma),
-                                                                        x.clone().requires_grad_(True))
+                            summary, total = measure.saved_tensor_summary(build(method, gamma),
+                                                                          x.clone().requires_grad_(True))
+                            row["saved"] = summary
+                            if total != row["value"]:  # the breakdown must describe the counted bytes
+                                row["saved_mismatch"] = total
                     records.append(row)
                     progress.step(f"{stack.name} d{depth} saved bytes {name}")
 

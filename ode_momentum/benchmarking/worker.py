@@ -51,7 +51,7 @@ def _high_water_bytes() -> int | None:
     return None
 
 
-def _current_rss_bytes() -> int | None:
+def current_rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[1])
@@ -99,7 +99,7 @@ def measure(spec: dict) -> dict:
     x.grad = None
     _trim()
     reset = _reset_high_water()
-    rss_now = _current_rss_bytes()
+    rss_now = current_rss_bytes()
     hwm_before, maxrss_before = _high_water_bytes(), _maxrss_bytes()
     model(x).square().mean().backward()
     hwm_after, maxrss_after = _high_water_bytes(), _maxrss_bytes()
