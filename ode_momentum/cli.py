@@ -4,7 +4,8 @@ Commands
 --------
 fit
     Train a residual classifier on scikit-learn's digits (:func:`ode_momentum.train.fit`); ``--compare``
-    trains a Momentum ResNet and a ResNet with the same settings side by side.
+    trains a Momentum ResNet and a ResNet with the same settings side by side; ``--resume DIR`` continues an
+    interrupted run; ``--distributed`` trains with DistributedDataParallel under ``torchrun``.
 study step-limit
     The infinitesimal-step limit and work-precision study (:func:`ode_momentum.studies.run_step_limit`):
     ``--out DIR`` receives CSV tables and PNG figures, ``--quick`` picks small sizes.
@@ -26,7 +27,8 @@ from pathlib import Path
 from .robustness import add_robustness_parser
 from .benchmarking.cli import add_bench_parser
 from .studies import add_study_parser
-from .train import GRADIENTS, MODELS, FitConfig, fit
+from ._runs import DistributedEnvironmentError, World, process_group, torchrun_world
+from .train import CHECKPOINT, GRADIENTS, MODELS, FitConfig, fit, resumable
 from .train_images import add_finetune_parser, add_image_fit_options, run_image_fit, wants_images
 from .verify import add_verify_parser
 
@@ -68,6 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StoreGiven(argparse._StoreAction):
+    """argparse's ``store``, also noting the option in ``namespace.fit_given``: --resume must tell an explicit
+    ``--gamma 0.9`` (to check against the stored run) from the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        vars(namespace).setdefault("fit_given", set()).add(self.dest)
+
+
+class _StoreTrueGiven(argparse._StoreTrueAction):
+    """argparse's ``store_true``, also noting the option in ``namespace.fit_given``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        vars(namespace).setdefault("fit_given", set()).add(self.dest)
+
+
+# FitConfig fields that --resume compares with the stored run (threads may change: it is runtime only)
+_RESUME_SETTINGS = ("model", "depth", "width", "gamma", "gradient", "epochs", "batch_size", "lr", "weight_decay",
+                    "dropout", "seed", "threads", "distributed")
+
+
 def _add_fit(commands) -> None:
     d = FitConfig()  # the defaults live in FitConfig; the options only override them
     p = commands.add_parser(
@@ -75,10 +99,15 @@ def _add_fit(commands) -> None:
         help="train a residual classifier on scikit-learn's digits",
         description=(
             "Train Linear -> residual stage -> Linear on scikit-learn's 8x8 digits (80/20 stratified split) and "
-            "write metrics.json, model.pt and curves.png into --out. Prints a summary table."
+            "write metrics.json, model.pt and curves.png into --out. Prints a summary table. A checkpoint.pt "
+            "after every epoch lets --resume continue an interrupted run; --distributed trains under torchrun."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # every option records that it was given (namespace.fit_given), whatever its value
+    p.register("action", None, _StoreGiven)
+    p.register("action", "store", _StoreGiven)
+    p.register("action", "store_true", _StoreTrueGiven)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", choices=MODELS, default=d.model, help="residual stage")
     which.add_argument(
@@ -114,13 +143,34 @@ def _add_fit(commands) -> None:
         default=d.threads,
         help="torch intra-op threads during the run; 0: torch's own count",
     )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last checkpoint, with the settings stored there "
+        "(other options must agree with them; --threads may change)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train with DistributedDataParallel over the processes torchrun starts "
+        "(torchrun --nproc_per_node N -m ode_momentum.cli fit --distributed ...; gloo on CPU, nccl on CUDA); "
+        "--batch-size is per process and only rank 0 writes files",
+    )
     add_image_fit_options(p)
     p.set_defaults(run=_run_fit, parser=p)
 
 
 def _run_fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if wants_images(args):  # --arch (or an option of its group): a ResNet on images
+        for name in ("resume", "distributed"):
+            if getattr(args, name):
+                parser.error(f"--{name} applies to the MLP classifier only; `fit --arch` trains in one process "
+                             "and writes no checkpoint to resume from. Drop --arch and its options, or --" + name + ".")
         return run_image_fit(args, parser)
+    if args.resume is not None:
+        return _resume_fit(args, parser)
     settings = dict(
         gamma=args.gamma,
         seed=args.seed,
@@ -137,12 +187,53 @@ def _run_fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ]
     else:
         plans = [dict(model=args.model, gradient=args.gradient, out=args.out)]
-    configs = [_config_or_exit(parser, **plan, **settings) for plan in plans]
-    rows = [fit(config) for config in configs]
+    configs = [_config_or_exit(parser, **plan, **settings, distributed=args.distributed) for plan in plans]
+    world = _world_or_exit(parser, args.distributed)
+    with process_group(world):  # one group for every run of the command (--compare trains two)
+        rows = [fit(config) for config in configs]
+    _report(rows, configs, world)
+    return 0
+
+
+def _resume_fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``fit --resume DIR``: continue the run in DIR with its stored settings; options given must agree."""
+    given = vars(args).get("fit_given", set())
+    if "out" in given:
+        parser.error(f"--resume {args.resume} continues the run in {args.resume} and writes there; drop --out.")
+    if args.compare:
+        parser.error("--resume continues one run; a --compare run is two: resume OUT/momentum and OUT/resnet "
+                     "one after the other (--resume OUT/momentum, then --resume OUT/resnet).")
+    settings = {name: getattr(args, name) for name in _RESUME_SETTINGS if name in given}
+    if "threads" in settings and settings["threads"] == 0:
+        settings["threads"] = None
+    try:
+        config, checkpoint = resumable(args.resume, **settings)
+    except (FileNotFoundError, ValueError, TypeError, DistributedEnvironmentError) as err:
+        parser.error(_as_options(str(err)))
+    world = _world_or_exit(parser, config.distributed)
+    with process_group(world):
+        rows = [fit(config, checkpoint=checkpoint)]
+    _report(rows, [config], world)
+    return 0
+
+
+def _world_or_exit(parser: argparse.ArgumentParser, distributed: bool) -> World:
+    """This process's place among torchrun's (a one-process world without --distributed), or exit 2."""
+    if not distributed:
+        return World()
+    try:
+        return torchrun_world("--distributed")
+    except DistributedEnvironmentError as err:
+        parser.error(str(err))
+
+
+def _report(rows: list[dict], configs: list[FitConfig], world: World) -> None:
+    """Print the summary table and where the files went (rank 0 only: the others wrote nothing)."""
+    if not world.is_main:
+        return
     print(format_table(rows))
     for config in configs:
-        print(f"wrote metrics.json, model.pt, curves.png to {config.out}")
-    return 0
+        print(f"wrote metrics.json, model.pt, curves.png, {CHECKPOINT} to {config.out}")
 
 
 def _config_or_exit(parser: argparse.ArgumentParser, **settings) -> FitConfig:
@@ -156,7 +247,7 @@ def _config_or_exit(parser: argparse.ArgumentParser, **settings) -> FitConfig:
 def _as_options(message: str) -> str:
     """Name the command-line options in a library message: `batch_size` -> --batch-size."""
     for name in ("batch_size", "weight_decay", "depth", "width", "gamma", "gradient", "epochs", "lr",
-                 "dropout", "seed", "threads", "model"):
+                 "dropout", "seed", "threads", "model", "distributed"):
         message = message.replace(f"`{name}`", f"--{name.replace('_', '-')}")
     return message
 

@@ -1,4 +1,4 @@
-"""DistributedDataParallel in every gradient mode (issue 8, item 1).
+"""DistributedDataParallel in every gradient mode (issue 8, item 1), and ``ode-momentum fit --distributed``.
 
 Two processes (``torch.multiprocessing.spawn``, gloo backend, CPU) each train on half of a batch; their
 averaged gradients must equal one process's on the full batch, and every parameter's gradient hooks must
@@ -8,9 +8,19 @@ trainable parameter from one autograd Function, which is what lets DDP run with
 
 One spawn serves every configuration (the processes, their ``import torch`` and the gloo group cost
 seconds); the parametrised tests only read its results and compute their single-process references.
+
+The command-line tests launch ``python -m torch.distributed.run --nproc_per_node 2 -m ode_momentum.cli fit
+--distributed`` (what ``torchrun`` runs) on the digits: a complete run, and a run stopped after its first
+checkpoint and resumed, which must end exactly where the complete one does.
 """
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -112,3 +122,83 @@ def test_control_backprop_with_an_unused_parameter_trips_ddp_without_find_unused
     for results in per_rank:
         error = results[CONTROL.name].get("error", "")
         assert "Expected to have finished reduction in the prior iteration" in error, error
+
+
+# --- ode-momentum fit --distributed under torchrun ----------------------------------------------------------
+
+# the default model (depth 8, width 64), 64 per batch and process: ~0.15 s per epoch, so the epochs left after
+# the first checkpoint leave a margin for stopping the run
+FIT_ARGS = ["--epochs", "6", "--seed", "3"]
+RUN_FILES = {"metrics.json", "model.pt", "curves.png", "checkpoint.pt"}
+
+
+def torchrun(*fit_args, wait: bool = True):
+    """``torchrun --standalone --nproc_per_node 2 -m ode_momentum.cli fit --distributed ...`` (gloo on the CPU).
+
+    Warnings are errors in the processes too (the suite's rule). Returns the finished ``CompletedProcess``, or
+    the running ``Popen`` with ``wait=False``.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ode_momentum.cli", "fit", "--distributed", *map(str, fit_args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error", "CUDA_VISIBLE_DEVICES": ""}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def complete_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torchrun") / "complete"
+    result = torchrun(*FIT_ARGS, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_torchrun_fit_trains_every_shard_and_only_rank_0_writes(complete_run):
+    out, result = complete_run
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # no per-rank files, no temporaries
+    assert result.stdout.count("wrote metrics.json") == 1  # rank 1 prints nothing
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 6
+    assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]  # it learns
+    assert metrics["test_accuracy"] > 0.8  # ten classes: chance is 0.1
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["finished"] and checkpoint["world_size"] == 2 and checkpoint["config"]["distributed"]
+    # each process's random state is kept: dropout draws from seed + rank, so they differ
+    first, second = (states["torch"] for states in checkpoint["rng"])
+    assert not torch.equal(first, second)
+
+
+def test_torchrun_fit_stopped_after_a_checkpoint_resumes_to_the_complete_run(complete_run, tmp_path):
+    reference, _ = complete_run
+    out = tmp_path / "stopped"
+    process = torchrun(*FIT_ARGS, "--out", out, wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists():
+            assert process.poll() is None, f"torchrun exited before the first checkpoint: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.002)
+        # what a cluster scheduler sends: torchrun passes it on to both workers and waits for them to exit
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    assert process.returncode != 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert not checkpoint["finished"] and checkpoint["epoch"] < 6, "the stop came too late to interrupt"
+
+    result = torchrun("--resume", out)
+    assert result.returncode == 0, result.stderr
+    resumed = json.loads((out / "metrics.json").read_text())
+    complete = json.loads((reference / "metrics.json").read_text())
+    assert resumed["resumed_after_epochs"] == [checkpoint["epoch"]]
+    # same deterministic CPU computation in both processes from the restored states: exact equality
+    skip = {"train_seconds", "resumed_after_epochs"}
+    assert {k: v for k, v in resumed.items() if k not in skip} == {k: v for k, v in complete.items() if k not in skip}
+    weights = [torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (out, reference)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
