@@ -30,8 +30,7 @@ RECORD_KEYS = {"kind", "stack", "depth", "gamma", "method", "dtype", "device", "
                "seconds"}
 TARGET_KEYS = {"id", "target", "stack", "method", "measured", "threshold", "comparison", "met", "detail"}
 MACHINE_KEYS = {"platform", "cpu", "python", "torch", "torchdiffeq", "numpy", "ode_momentum", "device"}
-# exact_fused compiles kernels with torch.compile (tens of seconds on a CPU): left out of the smoke run
-METHODS = tuple(m for m in all_methods() if m != "exact_fused")
+METHODS = tuple(all_methods())
 MOMENTUMNET_METHODS = ("momentumnet_backprop", "momentumnet_free")
 NOT_INSTALLABLE = "not installable: simulated for the test"
 # float32 against float64 through three conv-BN-ReLU layers: backprop measures ~1e-6; float reversal of three

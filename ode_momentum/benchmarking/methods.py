@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import ode_momentum as om
-from ..gradients.exact import ExactOptions
 from .packages import MOMENTUMNET, import_momentumnet
 
 REFERENCE_MOMENTUM = "momentum"
@@ -64,11 +63,6 @@ class Method:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "build"}
-
-
-def exact_has_fused() -> bool:
-    """Whether ``gradient="exact"`` takes ``gradient_options={"fused": True}`` in this version."""
-    return any(f.name == "fused" for f in dataclasses.fields(ExactOptions))
 
 
 def _ours(gradient: str, options: dict | None = None):
@@ -163,7 +157,7 @@ class CheckpointedStack(nn.Module):
 
 
 def all_methods() -> dict[str, Method]:
-    """Every compared method, in report order (``exact_fused`` only when the exact mode has the option)."""
+    """Every compared method, in report order."""
     methods = [
         Method("backprop", "ode_momentum", None, REFERENCE_MOMENTUM, "O(N) activations",
                'MomentumResNet(gradient="backprop"): autograd through the layer rule; the timing reference',
@@ -177,13 +171,10 @@ def all_methods() -> dict[str, Method]:
         Method("exact", "ode_momentum", None, REFERENCE_MOMENTUM, "O(1) + bit buffer",
                'MomentumResNet(gradient="exact"): int64 fixed point, bit buffer (default options)',
                _ours("exact")),
-    ]
-    if exact_has_fused():
-        methods.append(Method(
-            "exact_fused", "ode_momentum", None, REFERENCE_MOMENTUM, "O(1) + bit buffer",
-            'MomentumResNet(gradient="exact", gradient_options={"fused": True}): torch.compile fused kernels',
-            _ours("exact", {"fused": True})))
-    methods += [
+        Method("exact_eager", "ode_momentum", None, REFERENCE_MOMENTUM, "O(1) + bit buffer",
+               'MomentumResNet(gradient="exact", gradient_options={"kernels": "eager"}): the same bits with '
+               "elementwise torch operations instead of the native C kernels", _ours("exact", {"kernels": "eager"})),
+
         Method("momentumnet_backprop", "momentumnet", MOMENTUMNET, REFERENCE_MOMENTUM, "O(N) activations",
                "momentumnet 0.10 MomentumNet(functions, gamma, use_backprop=True)", _momentumnet(True)),
         Method("momentumnet_free", "momentumnet", MOMENTUMNET, REFERENCE_MOMENTUM, "O(1) + 2 int64 states",

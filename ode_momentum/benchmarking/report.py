@@ -21,7 +21,7 @@ FIGURES = {
     "grad": "grad_error_vs_depth.png",
     "work_precision": "work_precision.png",
 }
-EXACT_METHODS = ("exact", "exact_fused")
+EXACT_METHODS = ("exact", "exact_eager")
 REFERENCE_FREE = "momentumnet_free"
 # The targets: exact mode's time ratio to our backprop at the target depth, per stack.
 TIME_TARGETS = {"mlp512": 1.5, "conv16": 1.5, "mlp64": 1.6}
@@ -398,7 +398,7 @@ def _met(v) -> str:
     return {True: "yes", False: "**no**", None: "not measured"}[v]
 
 
-SUMMARY_METHODS = ("backprop", "reversible", "checkpoint", "exact", "exact_fused", "momentumnet_backprop",
+SUMMARY_METHODS = ("backprop", "reversible", "checkpoint", "exact", "exact_eager", "momentumnet_backprop",
                    "momentumnet_free", "torchdiffeq_odeint", "torchdiffeq_adjoint", "torch_checkpoint")
 
 

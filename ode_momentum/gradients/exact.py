@@ -27,6 +27,7 @@ import torch
 from .._checks import check_positive_int, internal_assert
 from ..integrators import FloatArithmetic
 from . import fixed_point as fp
+from . import fixed_point_kernels as fpk
 from .reversal import check_reversible, solve_with_reversal
 from .reversible import FloatSystem, ReversibleOptions, predicted_drift
 from .trajectory import Trajectory
@@ -53,16 +54,16 @@ class ExactOptions:
     replay_rng : bool
         Replay each residual evaluation's random number generator state in the backward (default True;
         ``False`` only to show that the checksums catch unreplayed dropout).
-    fused : bool
-        Run each fixed-point sub-flow as one kernel compiled by ``torch.compile`` (default False). Same bits,
-        several times faster on large states; the first call compiles (tens of seconds on a CPU, cached
-        afterwards) and needs a C++ compiler on CPUs.
+    kernels : str
+        Implementation of the integer sub-flows (default ``"auto"``: native C loops for CPU states where a C
+        compiler builds them, eager torch operations otherwise; ``"eager"``, ``"native"``, ``"compiled"`` for
+        ``torch.compile``). All give the same bits; see :mod:`~ode_momentum.gradients.fixed_point_kernels`.
     """
 
     frac_bits: int = 44
     gamma_bits: int = 30
     replay_rng: bool = True
-    fused: bool = False
+    kernels: str = "auto"
 
     def __post_init__(self):
         check_positive_int("frac_bits", self.frac_bits)
@@ -71,6 +72,8 @@ class ExactOptions:
             raise ValueError(f"`frac_bits` must lie in [8, 60]; got {self.frac_bits}.")
         if not 8 <= self.gamma_bits <= 30:
             raise ValueError(f"`gamma_bits` must lie in [8, 30] (int64 intermediates); got {self.gamma_bits}.")
+        if self.kernels not in fpk.KERNELS:
+            raise ValueError(f"`kernels` must be one of {fpk.KERNELS}; got {self.kernels!r}.")
 
 
 @dataclass
@@ -84,11 +87,11 @@ class AutoOptions(ReversibleOptions):
 
     frac_bits: int = 44
     gamma_bits: int = 30
-    fused: bool = False
+    kernels: str = "auto"
 
     def __post_init__(self):
         super().__post_init__()
-        self.exact = ExactOptions(self.frac_bits, self.gamma_bits, self.replay_rng, self.fused)
+        self.exact = ExactOptions(self.frac_bits, self.gamma_bits, self.replay_rng, self.kernels)
 
 
 def solve_exact(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, options: ExactOptions):
@@ -127,17 +130,17 @@ class QuantisedFloat(FloatArithmetic):
 class FixedPointArithmetic(QuantisedFloat):
     """The primitive sub-flows on int64 fixed-point states; damping is an exact multiply into ``buffer``.
 
-    ``buffer=None`` (inference) skips storing the lost bits; the values are identical. ``fused`` runs each
-    sub-flow as one compiled kernel (``fixed_point.kernels``); the results are the same bits.
+    ``buffer=None`` (inference) skips storing the lost bits; the values are identical. ``kern`` is the
+    kernel implementation (:mod:`~ode_momentum.gradients.fixed_point_kernels`); all give the same bits.
     """
 
-    def __init__(self, frac_bits, gamma_bits, buffer: fp.BitBuffer | None, guard: "_RangeGuard", fused=False):
+    def __init__(self, frac_bits, gamma_bits, buffer: fp.BitBuffer | None, guard: "_RangeGuard", kern):
         super().__init__(gamma_bits)
         self.R = frac_bits
         self.buffer = buffer
         self.guard = guard
         self.n_mul = 0  # multiplies done so far: indexes the dither
-        self.kern = fp.kernels(fused)
+        self.kern = kern
 
     def _factor(self, g: float) -> tuple[int, bool]:
         n = round(abs(g) * 2**self.k)
@@ -145,7 +148,7 @@ class FixedPointArithmetic(QuantisedFloat):
         return n, g < 0
 
     def _fast(self, n: int) -> bool:
-        """Damping factor in [1/2, 1): blocks of at most two inputs, one bit, a fused kernel."""
+        """Damping factor in [1/2, 1): blocks of at most two inputs, one bit, one kernel."""
         return 1 << (self.k - 1) <= n < 1 << self.k and n >= 1 << 12
 
     def damp(self, V, g):
@@ -157,11 +160,10 @@ class FixedPointArithmetic(QuantisedFloat):
         s = fp.dither(self.n_mul, self.k)
         self.n_mul += 1
         if self._fast(n):
-            n_t, s_t = V.new_tensor(n), V.new_tensor(s)
             if self.buffer is None:
-                return self.kern["damp_only"](V, n_t, s_t, self.k)
+                return self.kern.damp_only(V, n, s, self.k)
             self.buffer.reserve(2)
-            W, self.buffer.word = self.kern["damp_push2"](V, self.buffer.word, n_t, s_t, self.k)
+            W, self.buffer.word = self.kern.damp_push2(V, self.buffer.word, n, s, self.k)
             return W
         W, j, m = fp.exact_mul(V, n, self.k, s)
         if self.buffer is not None:
@@ -177,69 +179,72 @@ class FixedPointArithmetic(QuantisedFloat):
             s = fp.dither(self.n_mul, self.k)
             if self._fast(n):
                 buf = self.buffer
-                W, buf.word = self.kern["undamp_pop2"](W, buf.word, W.new_tensor(n), W.new_tensor(s), self.k)
+                W, buf.word = self.kern.undamp_pop2(W, buf.word, n, s, self.k)
                 buf.unreserve()
             else:
                 W = fp.exact_div(W, n, self.k, s, self.buffer.pop)
         return -W if negate else W
 
-    def _scale(self, c, like):
-        return torch.tensor(c * 2.0**self.R, dtype=torch.float64, device=like.device)
-
     def kick(self, V, c, f):
-        V, peak_inc, peak_v = self.kern["kick"](V, f, self._scale(c, V))
+        V, peak_inc, peak_v = self.kern.kick(V, f, c * 2.0**self.R)
         self.guard.record(peak_inc, peak_v)
         return V
 
     def unkick(self, V, c, f):
-        return self.kern["unkick"](V, f, self._scale(c, V))
-
-    def _shift(self, h, V):
-        return V if h == 1.0 else torch.round(V.double() * h).long()
+        return self.kern.unkick(V, f, c * 2.0**self.R)
 
     def drift(self, X, h, V):
-        X, peak = self.kern["drift"](X, self._shift(h, V))
-        self.guard.record(peak)
+        X, peak_inc, peak_x = self.kern.drift(X, V, h)
+        self.guard.record(peak_inc, peak_x)
         return X
 
     def undrift(self, X, h, V):
-        return self.kern["undrift"](X, self._shift(h, V))
+        return self.kern.undrift(X, V, h)
 
 
 class _RangeGuard:
     """Collects, per step, the largest magnitude of the values that must stay below ``2^62``; checked once.
 
     Every increment (before its cast to int64: nan and inf fail), every velocity after a kick and every
-    position after a drift is checked, so no sum of two checked values can wrap past ``2^63``. Peaks stay on
-    the device and are compared once, after the forward.
+    position after a drift is checked, so no sum of two checked values can wrap past ``2^63``. Peaks that
+    are tensors stay on the device and are compared once, after the forward; peaks that are Python floats
+    (the native kernels) are compared as they come.
     """
 
     def __init__(self):
         self.peaks: list[torch.Tensor] = []
         self.steps: list[int] = []
         self.step = 0
+        self.first_bad_float: int | None = None
 
     def check(self, t: torch.Tensor) -> None:
         self.record(t.abs().amax().double())
 
-    def record(self, *peaks: torch.Tensor) -> None:
-        """Record already-reduced peaks (float64 0-dim tensors) of the current step."""
+    def record(self, *peaks) -> None:
+        """Record already-reduced peaks (float64 0-dim tensors, or floats) of the current step."""
         for peak in peaks:
+            if isinstance(peak, float):
+                if not peak < fp.RANGE and self.first_bad_float is None:
+                    self.first_bad_float = self.step
+                continue
             self.peaks.append(peak)
             self.steps.append(self.step)
 
     def first_bad_step(self) -> int | None:
-        if not self.peaks:
-            return None
-        bad = ~(torch.stack(self.peaks) < fp.RANGE)
-        if not bool(bad.any()):
-            return None
-        return self.steps[int(bad.nonzero()[0, 0])]
+        bad_steps = [] if self.first_bad_float is None else [self.first_bad_float]
+        if self.peaks:
+            bad = ~(torch.stack(self.peaks) < fp.RANGE)
+            if bool(bad.any()):
+                bad_steps.append(self.steps[int(bad.nonzero()[0, 0])])
+        return min(bad_steps, default=None)
 
 
-def _checksum(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """Order-free int64 checksum of a state (sums wrap modulo 2^64, so any summation order agrees)."""
-    return X.sum() * 3 + V.sum()
+def _first_mismatch(got: list, want: list) -> int | None:
+    """Last index where two lists of checksums (0-dim tensors or ints) differ; ``None`` if they agree."""
+    if want and isinstance(want[0], torch.Tensor):
+        bad = (torch.stack(got) != torch.stack(want)).nonzero()
+        return int(bad[-1, 0]) if bad.numel() else None
+    return max((i for i, (a, b) in enumerate(zip(got, want)) if a != b), default=None)
 
 
 class FixedPointSystem:
@@ -249,16 +254,16 @@ class FixedPointSystem:
         self.traj = traj
         self.options = options
         self.R, self.k = options.frac_bits, options.gamma_bits
-        self.fused = options.fused
-        self._decode = fp.kernels(self.fused)["decode_kernel"]
+        self.kern = None  # chosen for the state's device by encode()
         self.dtype: torch.dtype | None = None
         self.guard = _RangeGuard()
         self.buffer: fp.BitBuffer | None = None
-        self.checksums: list[torch.Tensor] = []
+        self.checksums: list = []
         self._ops: FixedPointArithmetic | None = None
 
     def encode(self, x0, v0):
         self.dtype = x0.dtype
+        self.kern = fpk.select(self.options.kernels, x0.device)
         limit = 2.0 ** (fp.RANGE_BITS - self.R)
         for name, t in (("x0", x0), ("v0", v0)):
             big = float(t.detach().abs().max()) if t.numel() else 0.0
@@ -271,20 +276,20 @@ class FixedPointSystem:
         return fp.encode(x0.detach(), self.R), fp.encode(v0.detach(), self.R)
 
     def decode(self, X):
-        return self._decode(X, 2.0**-self.R, self.dtype)
+        return self.kern.decode(X, 2.0**-self.R, self.dtype)
 
     def training_ops(self, V):
         self.buffer = fp.BitBuffer(V)
-        self._ops = FixedPointArithmetic(self.R, self.k, self.buffer, self.guard, self.fused)
+        self._ops = FixedPointArithmetic(self.R, self.k, self.buffer, self.guard, self.kern)
         return self._ops
 
     def inference_ops(self):
-        return FixedPointArithmetic(self.R, self.k, None, self.guard, self.fused)
+        return FixedPointArithmetic(self.R, self.k, None, self.guard, self.kern)
 
     def on_step(self, n, X, V):
         self.guard.step = n
         if n < self.traj.n_steps and self._ops is not None:
-            self.checksums.append(_checksum(X, V))
+            self.checksums.append(self.kern.checksum(X, V))
 
     def end_forward(self):
         bad = self.guard.first_bad_step()
@@ -302,7 +307,6 @@ class FixedPointSystem:
         self.n_mul = self._ops.n_mul
         self._spill_at, self._pushes = list(self.buffer.spill_at), self.buffer.pushes
         self._bound = self.buffer._bound_bits
-        self.bits = self.buffer.bits_per_element()
         words = self.buffer.words()
         self.buffer = None  # the words now live in the autograd context
         return words
@@ -311,7 +315,7 @@ class FixedPointSystem:
         buffer = fp.BitBuffer.__new__(fp.BitBuffer)
         buffer.word, buffer.stack = saved[-1], list(saved[:-1])
         buffer.spill_at, buffer.pushes, buffer._bound_bits = list(self._spill_at), self._pushes, self._bound
-        ops = FixedPointArithmetic(self.R, self.k, buffer, _RangeGuard(), self.fused)
+        ops = FixedPointArithmetic(self.R, self.k, buffer, _RangeGuard(), self.kern)
         ops.n_mul = self.n_mul
         return _ExactReverse(self, ops)
 
@@ -322,16 +326,13 @@ class _ExactReverse:
         self.checksums: list[torch.Tensor] = []
 
     def after_inverse(self, n, X, V):
-        self.checksums.append(_checksum(X, V))
+        self.checksums.append(self.system.kern.checksum(X, V))
         return X, V
 
     def finish(self, X, V):
         system = self.system
-        got = torch.stack(self.checksums[::-1])
-        want = torch.stack(system.checksums)
-        bad = (got != want).nonzero()
-        if bad.numel():
-            n = int(bad[-1, 0])  # the backward meets the last step first
+        n = _first_mismatch(self.checksums[::-1], system.checksums)  # the last: the backward meets it first
+        if n is not None:
             raise ExactReversalError(
                 f"exact reversal mismatch at step {n} (layer {n} of a MomentumResNet): the recomputed residual "
                 "differs from the forward's. Something changed between forward and backward: a parameter "

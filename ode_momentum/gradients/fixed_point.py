@@ -59,7 +59,7 @@ def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
 
 def decode(X: torch.Tensor, frac_bits: int, dtype: torch.dtype) -> torch.Tensor:
     """``X / 2^R`` in ``dtype``: one rounding of ``X`` to ``dtype``, then an exact power-of-two scaling."""
-    return decode_kernel(X, 2.0**-frac_bits, dtype)
+    return X.to(dtype) * 2.0**-frac_bits
 
 
 def scaled(t: torch.Tensor, c: float, frac_bits: int) -> torch.Tensor:
@@ -179,7 +179,7 @@ class BitBuffer:
     def reserve(self, m_max: int) -> None:
         """Make room for one push of radix at most ``m_max``: spill the word first if it could overflow.
 
-        The word itself is then updated by the caller (:meth:`push`, or a fused kernel).
+        The word itself is then updated by the caller (:meth:`push`, or a kernel of ``fixed_point_kernels``).
         """
         if m_max > 1:
             if self._bound_bits + math.log2(m_max) > 62.0:
@@ -232,75 +232,3 @@ class BitBuffer:
         word held."""
         used = 64.0 * len(self.stack) + float(torch.log2(self.word.double() + 1).mean()) if self.word.numel() else 0.0
         return {"used": used, "allocated": 64.0 * (len(self.stack) + 1)}
-
-
-# --- fused kernels ------------------------------------------------------------------------------------------
-# Each primitive sub-flow of the exact mode as one function of tensors (the factor n, the dither s and the
-# scale are 0-dim tensors, so a compiled kernel is not specialised to their values). Eager PyTorch runs the
-# ~15 elementwise integer operations of a damping step as ~15 memory passes; torch.compile fuses each
-# function into one loop. The fast path covers damping factors in [1/2, 1) (blocks of at most two inputs).
-
-
-def damp_push2(V, word, n, s, k: int):
-    """Exact multiply by ``n / 2^k`` in ``[1/2, 1)`` and one-bit push: ``(W, word')``."""
-    mask = (1 << k) - 1
-    P = (V & mask) * n + s
-    W = (V >> k) * n + (P >> k)
-    r = P & mask
-    upper = r >= n
-    two = upper | (r < (1 << k) - n)
-    return W, torch.where(two, (word << 1) | upper.long(), word)
-
-
-def damp_only(V, n, s, k: int):
-    """The value of :func:`damp_push2` without a buffer (inference)."""
-    mask = (1 << k) - 1
-    return (V >> k) * n + (((V & mask) * n + s) >> k)
-
-
-def undamp_pop2(W, word, n, s, k: int):
-    """Inverse of :func:`damp_push2`: ``(V, word')``."""
-    mask = (1 << k) - 1
-    a, b = _floor_divmod(W, n)
-    lo = (a << k) - _floor_divmod(s - b * (1 << k), n)[0]
-    r = ((lo & mask) * n + s) & mask
-    two = r < (1 << k) - n
-    return lo + torch.where(two, word & 1, 0), torch.where(two, word >> 1, word)
-
-
-def kick(V, f, scale):
-    """``V + round(scale f)`` and the peaks ``max|scale f|``, ``max|V'|`` for the range guard."""
-    inc = f.double() * scale
-    V = V + torch.round(inc).long()
-    return V, inc.abs().amax(), V.abs().amax().double()
-
-
-def unkick(V, f, scale):
-    return V - torch.round(f.double() * scale).long()
-
-
-def drift(X, V):
-    X = X + V
-    return X, X.abs().amax().double()
-
-
-def undrift(X, V):
-    return X - V
-
-
-def decode_kernel(X, scale, dtype: torch.dtype):
-    return X.to(dtype) * scale
-
-
-KERNEL_NAMES = ("damp_push2", "damp_only", "undamp_pop2", "kick", "unkick", "drift", "undrift", "decode_kernel")
-_COMPILED: dict = {}
-
-
-def kernels(fused: bool):
-    """The kernel functions by name: plain (eager) or compiled once per process with ``torch.compile``."""
-    if not fused:
-        return {name: globals()[name] for name in KERNEL_NAMES}
-    if not _COMPILED:
-        for name in KERNEL_NAMES:
-            _COMPILED[name] = torch.compile(globals()[name], dynamic=None, fullgraph=True)
-    return _COMPILED

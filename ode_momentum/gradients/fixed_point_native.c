@@ -1,0 +1,205 @@
+/* Native CPU kernels of the exact mode's fixed-point sub-flows (ode_momentum/gradients/fixed_point.py).
+ *
+ * Each function is one loop over a contiguous int64 state and returns the same integers as the eager
+ * torch kernels of fixed_point_kernels.py: every result is defined exactly (floor semantics; the
+ * derivations are in fixed_point.py), so only speed differs. The loops are branch-free so that the
+ * compiler vectorises them; on x86-64 each is cloned for AVX-512 / AVX2 / baseline and the best clone
+ * the CPU supports is picked at load time. Built on first use by native.py (no fast-math, no FMA
+ * contraction: the few float operations must round exactly as torch's do) and called through ctypes.
+ *
+ * Shared contracts: arrays hold `len` elements, are contiguous and do not alias; k is the dyadic exponent
+ * of the damping factor n / 2^k with 2^12 <= n < 2^k <= 2^30 (the fast path of fixed_point.py: blocks of
+ * one or two inputs); s in [0, 2^k) is the multiply's dither. States satisfy |X|, |V| < 2^62 (the range
+ * guard); `flags` outputs are 0.0 where every checked value was in range and +inf otherwise.
+ */
+#include <math.h>
+#include <stdint.h>
+
+typedef int64_t i64;
+typedef uint64_t u64;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+#define RANGE 4611686018427387904.0 /* 2^62 = fixed_point.RANGE */
+#define TWO52 4503599627370496.0
+
+/* Round to nearest, ties to even (torch.round), without libm: below 2^52 adding and subtracting 2^52
+ * rounds the magnitude once; from 2^52 on a double is already an integer. */
+static inline double round_even(double x) {
+    const double a = fabs(x);
+    return a < TWO52 ? copysign((a + TWO52) - TWO52, x) : x;
+}
+
+/* |v| as unsigned (2^63 for INT64_MIN): OR-ed over a loop, it reaches 2^62 iff some |v| does. */
+static inline u64 magnitude(i64 v) {
+    const i64 sign = v >> 63;
+    return (u64)((v ^ sign) - sign);
+}
+
+static inline double flag(int bad, u64 acc) { return (bad || acc >= ((u64)1 << 62)) ? INFINITY : 0.0; }
+
+/* floor(num / n) for |num| < 2^62 and 2^12 <= n < 2^32 (inv = 1 / n), and num - n floor(num / n).
+ * The truncated estimate num * inv lies within [Q - 1, Q + 2] of Q = floor(num / n) (|num / n| < 2^50 and
+ * three roundings of relative size 2^-53 move it by less than 3/8, truncation by less than 1): two
+ * downward corrections and one upward, branch-free. */
+static inline i64 floor_divmod(i64 num, i64 n, double inv, i64 *rem) {
+    i64 q = (i64)((double)num * inv);
+    i64 r = num - q * n;
+    i64 low = r < 0;
+    q -= low, r += low * n;
+    low = r < 0;
+    q -= low, r += low * n;
+    const i64 high = r >= n;
+    q += high, r -= high * n;
+    *rem = r;
+    return q;
+}
+
+/* W = floor((V n + s) / 2^k), split as (V >> k) n + floor(((V & mask) n + s) / 2^k) so no product exceeds
+ * 2^61; the block of W holds two inputs iff r >= n or r < 2^k - n (r the remainder), and then
+ * word' = 2 word + [r >= n]. */
+CLONES void damp_push2(const i64 *V, const i64 *word, i64 *W, i64 *word_out, i64 len, i64 n, i64 s, int k) {
+    const i64 mask = ((i64)1 << k) - 1, top = ((i64)1 << k) - n;
+    for (i64 i = 0; i < len; i++) {
+        const i64 v = V[i];
+        const i64 P = (v & mask) * n + s;
+        const i64 r = P & mask;
+        const i64 upper = r >= n, two = upper | (r < top);
+        W[i] = (v >> k) * n + (P >> k);
+        word_out[i] = two ? ((word[i] << 1) | upper) : word[i];
+    }
+}
+
+/* The value of damp_push2 alone (inference). */
+CLONES void damp_only(const i64 *V, i64 *W, i64 len, i64 n, i64 s, int k) {
+    const i64 mask = ((i64)1 << k) - 1;
+    for (i64 i = 0; i < len; i++) {
+        const i64 v = V[i];
+        W[i] = (v >> k) * n + (((v & mask) * n + s) >> k);
+    }
+}
+
+/* Inverse of damp_push2. The first input of W's block is lo = ceil((W 2^k - s) / n)
+ * = a 2^k - floor((s - b 2^k) / n) with W = a n + b (|s - b 2^k| < 2^(2k) <= 2^60); where the block holds
+ * two inputs, the popped bit says which. */
+CLONES void undamp_pop2(const i64 *W, const i64 *word, i64 *V, i64 *word_out, i64 len, i64 n, i64 s, int k) {
+    const i64 mask = ((i64)1 << k) - 1, top = ((i64)1 << k) - n, one = (i64)1 << k;
+    const double inv = 1.0 / (double)n;
+    for (i64 i = 0; i < len; i++) {
+        i64 b, unused;
+        const i64 a = floor_divmod(W[i], n, inv, &b);
+        const i64 lo = a * one - floor_divmod(s - b * one, n, inv, &unused);
+        const i64 r = ((lo & mask) * n + s) & mask;
+        const i64 w = word[i], two = r < top;
+        V[i] = lo + (two & w);
+        word_out[i] = two ? w >> 1 : w;
+    }
+}
+
+/* The int64 increment round(x), 0 where |x| is not below 2^62 (or x is nan): the cast would be undefined
+ * there, and *bad is set so that the range guard reports the step. */
+static inline i64 increment(double x, int *bad) {
+    const int ok = fabs(x) < RANGE;
+    *bad |= !ok;
+    return ok ? (i64)round_even(x) : 0;
+}
+
+/* V' = V + round(scale f); flags[0]: some |scale f| >= 2^62 or nan; flags[1]: some |V'| >= 2^62.
+ * f is float32 (f32 = 1) or float64. */
+CLONES void kick(const i64 *V, const void *f, int f32, double scale, i64 *out, i64 len, double *flags) {
+    int bad = 0;
+    u64 acc = 0;
+    if (f32) {
+        const float *ff = (const float *)f;
+        for (i64 i = 0; i < len; i++) {
+            const i64 v = V[i] + increment((double)ff[i] * scale, &bad);
+            out[i] = v;
+            acc |= magnitude(v);
+        }
+    } else {
+        const double *fd = (const double *)f;
+        for (i64 i = 0; i < len; i++) {
+            const i64 v = V[i] + increment(fd[i] * scale, &bad);
+            out[i] = v;
+            acc |= magnitude(v);
+        }
+    }
+    flags[0] = flag(bad, 0);
+    flags[1] = flag(0, acc);
+}
+
+/* V' = V - round(scale f): the inverse of kick, on values the forward guarded. */
+CLONES void unkick(const i64 *V, const void *f, int f32, double scale, i64 *out, i64 len) {
+    int unused = 0;
+    if (f32) {
+        const float *ff = (const float *)f;
+        for (i64 i = 0; i < len; i++)
+            out[i] = V[i] - increment((double)ff[i] * scale, &unused);
+    } else {
+        const double *fd = (const double *)f;
+        for (i64 i = 0; i < len; i++)
+            out[i] = V[i] - increment(fd[i] * scale, &unused);
+    }
+}
+
+/* X' = X + d with d = V (h == 1) or round(h V); flags[0]: some |d| >= 2^62; flags[1]: some |X'| >= 2^62. */
+CLONES void drift(const i64 *X, const i64 *V, double h, i64 *out, i64 len, double *flags) {
+    int bad = 0;
+    u64 acc_d = 0, acc_x = 0;
+    if (h == 1.0) {
+        for (i64 i = 0; i < len; i++) {
+            const i64 x = X[i] + V[i];
+            out[i] = x;
+            acc_d |= magnitude(V[i]);
+            acc_x |= magnitude(x);
+        }
+    } else {
+        for (i64 i = 0; i < len; i++) {
+            const i64 x = X[i] + increment((double)V[i] * h, &bad);
+            out[i] = x;
+            acc_x |= magnitude(x);
+        }
+    }
+    flags[0] = flag(bad, acc_d);
+    flags[1] = flag(0, acc_x);
+}
+
+/* X' = X - d: the inverse of drift. */
+CLONES void undrift(const i64 *X, const i64 *V, double h, i64 *out, i64 len) {
+    int unused = 0;
+    if (h == 1.0) {
+        for (i64 i = 0; i < len; i++)
+            out[i] = X[i] - V[i];
+    } else {
+        for (i64 i = 0; i < len; i++)
+            out[i] = X[i] - increment((double)V[i] * h, &unused);
+    }
+}
+
+/* x = X / 2^R in float32 (f32 = 1) or float64: one rounding of X, then an exact power-of-two scaling. */
+CLONES void decode(const i64 *X, void *out, int f32, double scale, i64 len) {
+    if (f32) {
+        const float sc = (float)scale;
+        float *o = (float *)out;
+        for (i64 i = 0; i < len; i++)
+            o[i] = (float)X[i] * sc;
+    } else {
+        double *o = (double *)out;
+        for (i64 i = 0; i < len; i++)
+            o[i] = (double)X[i] * scale;
+    }
+}
+
+/* 3 sum(X) + sum(V) modulo 2^64 (an order-free checksum of a state). */
+CLONES i64 checksum(const i64 *X, const i64 *V, i64 len) {
+    u64 sx = 0, sv = 0;
+    for (i64 i = 0; i < len; i++) {
+        sx += (u64)X[i];
+        sv += (u64)V[i];
+    }
+    return (i64)(3 * sx + sv);
+}

@@ -1,0 +1,211 @@
+"""The native CPU kernels of the exact mode: build ``fixed_point_native.c`` on first use, call it via ctypes.
+
+The C source ships with the package. On first use it is compiled with the system C compiler (``$CC``, else
+``cc`` / ``gcc`` / ``clang``) into a per-user cache, ``$ODE_MOMENTUM_CACHE`` or ``~/.cache/ode_momentum``
+(a temporary directory when neither is writable), keyed by a hash of the source, the compiler and the
+platform; the build takes about a second and is atomic (several processes may race). Where no compiler
+works, :func:`status` says why and the exact mode uses its eager torch kernels, which give the same bits.
+
+No ``-ffast-math`` and ``-ffp-contract=off``: the few float operations in the kernels (quotient estimates,
+the rounding of kicks, decoding) must round exactly as torch's do. No ``-march=native``: a cache shared
+by several machines must not hold code that one of them cannot run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("fixed_point_native.c")
+FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-math-errno")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name.split()[0]):
+            return name
+    return None
+
+
+def _cache_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("ODE_MOMENTUM_CACHE"):
+        dirs.append(Path(os.environ["ODE_MOMENTUM_CACHE"]))
+    dirs.append(Path.home() / ".cache" / "ode_momentum")
+    dirs.append(Path(tempfile.gettempdir()) / f"ode_momentum-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    return dirs
+
+
+def _build(cc: str) -> Path:
+    """Compile the source into the first writable cache directory (reused if already there)."""
+    source = SOURCE.read_bytes()
+    version = subprocess.run([cc.split()[0], "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(
+        source + " ".join(FLAGS).encode() + version.encode() + platform.platform().encode() + sys.version.encode()
+    ).hexdigest()[:16]
+    errors = []
+    for folder in _cache_dirs():
+        target = folder / f"fixed_point_native-{key}.so"
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            os.close(fd)
+        except OSError as err:
+            errors.append(f"{folder}: {err}")
+            continue
+        try:
+            done = subprocess.run(
+                [*cc.split(), *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"`{cc}` failed: {done.stderr.strip()[-2000:]}")
+            os.replace(tmp, target)  # atomic: a racing process either sees no file or the whole library
+            return target
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("no writable cache directory: " + "; ".join(errors))
+
+
+_SIGNATURES = {
+    # name: (argument types, return type); pointers are passed as integers (data_ptr)
+    "damp_push2": ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], None),
+    "damp_only": ([ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_int], None),
+    "undamp_pop2": ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], None),
+    "kick": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64,
+              ctypes.c_void_p], None),
+    "unkick": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64],
+               None),
+    "drift": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p],
+              None),
+    "undrift": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64], None),
+    "decode": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_int64], None),
+    "checksum": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], ctypes.c_int64),
+}
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("ODE_MOMENTUM_NATIVE", "1") == "0":
+        return None, "disabled by ODE_MOMENTUM_NATIVE=0"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found (set CC, or install gcc / clang)"
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        return None, f"building the native kernels failed: {err}"
+    for name, (args, ret) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ret
+    return lib, "built with " + cc
+
+
+def status() -> tuple[bool, str]:
+    """``(available, why)``: whether the native kernels loaded, and how (or why not)."""
+    lib, why = _load()
+    return lib is not None, why
+
+
+def library() -> ctypes.CDLL:
+    """The loaded library. Raises ``RuntimeError`` (with the reason) where it cannot be built."""
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(
+            f"the exact mode's native kernels are unavailable: {why}. Use gradient_options={{'kernels': "
+            "'eager'}} (same bits, slower), or install a C compiler."
+        )
+    return lib
+
+
+# --- wrappers with the signatures of the eager kernels (fixed_point_kernels.py) ------------------------------
+
+
+def _state(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _floats(f: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``f`` as contiguous float32 or float64 (other dtypes widen to float64 exactly) and the float32 flag."""
+    if f.dtype not in (torch.float32, torch.float64):
+        f = f.double()
+    f = _state(f)
+    return f, int(f.dtype == torch.float32)
+
+
+class NativeKernels:
+    """The fixed-point sub-flows on contiguous CPU int64 tensors, one C loop each.
+
+    Peaks are returned as Python floats and checksums as Python ints (no tensor round trip).
+    """
+
+    name = "native"
+
+    def __init__(self):
+        self.lib = library()
+
+    def damp_push2(self, V, word, n, s, k):
+        V, word = _state(V), _state(word)
+        W, out = torch.empty_like(V), torch.empty_like(word)
+        self.lib.damp_push2(V.data_ptr(), word.data_ptr(), W.data_ptr(), out.data_ptr(), V.numel(), n, s, k)
+        return W, out
+
+    def damp_only(self, V, n, s, k):
+        V = _state(V)
+        W = torch.empty_like(V)
+        self.lib.damp_only(V.data_ptr(), W.data_ptr(), V.numel(), n, s, k)
+        return W
+
+    def undamp_pop2(self, W, word, n, s, k):
+        W, word = _state(W), _state(word)
+        V, out = torch.empty_like(W), torch.empty_like(word)
+        self.lib.undamp_pop2(W.data_ptr(), word.data_ptr(), V.data_ptr(), out.data_ptr(), W.numel(), n, s, k)
+        return V, out
+
+    def kick(self, V, f, scale):
+        V, (f, f32) = _state(V), _floats(f)
+        out, peaks = torch.empty_like(V), (ctypes.c_double * 2)()
+        self.lib.kick(V.data_ptr(), f.data_ptr(), f32, scale, out.data_ptr(), V.numel(), peaks)
+        return out, peaks[0], peaks[1]
+
+    def unkick(self, V, f, scale):
+        V, (f, f32) = _state(V), _floats(f)
+        out = torch.empty_like(V)
+        self.lib.unkick(V.data_ptr(), f.data_ptr(), f32, scale, out.data_ptr(), V.numel())
+        return out
+
+    def drift(self, X, V, h):
+        X, V = _state(X), _state(V)
+        out, peaks = torch.empty_like(X), (ctypes.c_double * 2)()
+        self.lib.drift(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), X.numel(), peaks)
+        return out, peaks[0], peaks[1]
+
+    def undrift(self, X, V, h):
+        X, V = _state(X), _state(V)
+        out = torch.empty_like(X)
+        self.lib.undrift(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), X.numel())
+        return out
+
+    def decode(self, X, scale, dtype):
+        if dtype not in (torch.float32, torch.float64):
+            return X.to(dtype) * scale
+        X = _state(X)
+        out = torch.empty(X.shape, dtype=dtype)
+        self.lib.decode(X.data_ptr(), out.data_ptr(), int(dtype == torch.float32), scale, X.numel())
+        return out
+
+    def checksum(self, X, V):
+        X, V = _state(X), _state(V)
+        return self.lib.checksum(X.data_ptr(), V.data_ptr(), X.numel())

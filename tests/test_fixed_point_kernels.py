@@ -1,0 +1,202 @@
+"""The exact mode's kernel implementations (eager, native C, torch.compile) return the same integers."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import ode_momentum as om
+from ode_momentum.gradients import fixed_point as fp
+from ode_momentum.gradients import fixed_point_kernels as fpk
+from ode_momentum.gradients import native
+
+EAGER = fpk.EagerKernels
+K = 30  # the default gamma_bits
+HAS_COMPILER = native._compiler() is not None and os.environ.get("ODE_MOMENTUM_NATIVE", "1") != "0"
+
+
+@pytest.fixture(scope="module")
+def nat():
+    if not HAS_COMPILER:
+        pytest.skip("no C compiler (or ODE_MOMENTUM_NATIVE=0): the exact mode runs its eager kernels")
+    return fpk.select("native", torch.device("cpu"))
+
+
+def test_native_kernels_build_where_a_compiler_exists():
+    if not HAS_COMPILER:
+        pytest.skip("no C compiler (or ODE_MOMENTUM_NATIVE=0)")
+    available, why = native.status()
+    assert available, why
+    assert fpk.select("auto", torch.device("cpu")).name == "native"
+
+
+def _ints(gen, n, bits):
+    return torch.randint(-(2**bits), 2**bits, (n,), generator=gen)
+
+
+def _in_range(peak) -> bool:
+    return float(peak) < fp.RANGE
+
+
+# Magnitudes from small to the edge of the range (|X| < 2^62); factors across the fast path [1/2, 1).
+@pytest.mark.parametrize("bits", [8, 30, 45, 61])
+@pytest.mark.parametrize("gamma", [0.5, 0.6180339, 0.9, 0.999, 1 - 2**-20])
+def test_damping_is_the_same_integers_and_inverts(nat, bits, gamma):
+    gen = torch.Generator().manual_seed(bits)
+    V = _ints(gen, 50_000, bits)
+    word = torch.randint(0, 2**40, V.shape, generator=gen)
+    n = fp.quantise(gamma, K)
+    for index in range(3):
+        s = fp.dither(index, K)
+        W_e, word_e = EAGER.damp_push2(V, word, n, s, K)
+        W_n, word_n = nat.damp_push2(V, word, n, s, K)
+        assert torch.equal(W_e, W_n) and torch.equal(word_e, word_n)
+        assert torch.equal(nat.damp_only(V, n, s, K), W_e)
+        back_e, back_word_e = EAGER.undamp_pop2(W_n, word_n, n, s, K)
+        back_n, back_word_n = nat.undamp_pop2(W_n, word_n, n, s, K)
+        assert torch.equal(back_n, back_e) and torch.equal(back_word_n, back_word_e)
+        assert torch.equal(back_n, V) and torch.equal(back_word_n, word)  # the exact inverse
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 0.1 * 2.0**44, 2.0**30])
+def test_kicks_round_half_to_even_like_torch(nat, dtype, scale):
+    gen = torch.Generator().manual_seed(1)
+    V = _ints(gen, 40_000, 50)
+    f = (torch.randn(40_000, generator=gen, dtype=torch.float64) * 100).to(dtype)
+    # exact ties at scale 1: both roundings must go to the even neighbour, on both signs
+    f[:10] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.0, -0.0, 3.5, 1024.5], dtype=torch.float64).to(dtype)
+    V_e, peak_inc, peak_v = EAGER.kick(V, f, scale)
+    V_n, flag_inc, flag_v = nat.kick(V, f, scale)
+    assert torch.equal(V_e, V_n)
+    assert _in_range(peak_inc) == _in_range(flag_inc) and _in_range(peak_v) == _in_range(flag_v)
+    assert torch.equal(EAGER.unkick(V_n, f, scale), nat.unkick(V_n, f, scale))
+    assert torch.equal(nat.unkick(V_n, f, scale), V)
+
+
+@pytest.mark.parametrize("h", [1.0, 0.37, 0.1, 2.5])
+def test_drifts_and_decoding_agree(nat, h):
+    gen = torch.Generator().manual_seed(2)
+    X, V = _ints(gen, 40_000, 55), _ints(gen, 40_000, 55)
+    X_e, *peaks_e = EAGER.drift(X, V, h)
+    X_n, *flags_n = nat.drift(X, V, h)
+    assert torch.equal(X_e, X_n)
+    assert [_in_range(p) for p in peaks_e] == [_in_range(p) for p in flags_n]
+    assert torch.equal(nat.undrift(X_n, V, h), X)
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(EAGER.decode(X_n, 2.0**-44, dtype), nat.decode(X_n, 2.0**-44, dtype))
+    assert int(EAGER.checksum(X, V)) == nat.checksum(X, V)  # both wrap modulo 2^64
+
+
+def test_out_of_range_and_non_finite_values_are_flagged(nat):
+    V = torch.tensor([5, -7, 2**61])
+    ok = torch.tensor([0.25, -1.0, 0.0], dtype=torch.float64)
+    assert all(_in_range(p) for p in nat.kick(V, ok, 2.0**20)[1:])
+    for bad in (float("nan"), float("inf"), 2.0**62):  # an increment that is not a number or too large
+        f = torch.tensor([bad, 0.0, 0.0], dtype=torch.float64)
+        assert not _in_range(nat.kick(V, f, 1.0)[1]) and not _in_range(EAGER.kick(V, f, 1.0)[1])
+    f = torch.tensor([0.0, 0.0, 2.0**61], dtype=torch.float64)  # V' = 2^62: one past the range
+    assert not _in_range(nat.kick(V, f, 1.0)[2]) and not _in_range(EAGER.kick(V, f, 1.0)[2])
+    assert not _in_range(nat.drift(V, V, 1.0)[2]) and not _in_range(EAGER.drift(V, V, 1.0)[2])
+    assert not _in_range(nat.drift(V, V, 4.0)[1]) and not _in_range(EAGER.drift(V, V, 4.0)[1])
+
+
+def test_non_contiguous_and_other_dtypes_are_handled(nat):
+    gen = torch.Generator().manual_seed(3)
+    V = _ints(gen, 64 * 32, 40).reshape(64, 32).t()  # a transposed view
+    f = torch.randn(32, 64, generator=gen).to(torch.bfloat16)  # widened to float64 exactly
+    assert torch.equal(nat.kick(V, f, 2.0**40)[0], EAGER.kick(V, f, 2.0**40)[0])
+    n, s = fp.quantise(0.9, K), fp.dither(0, K)
+    assert torch.equal(nat.damp_push2(V, torch.zeros_like(V), n, s, K)[0], EAGER.damp_push2(V, 0 * V, n, s, K)[0])
+    assert torch.equal(nat.decode(V, 2.0**-44, torch.bfloat16), EAGER.decode(V, 2.0**-44, torch.bfloat16))
+
+
+def test_the_build_is_cached_and_atomic(nat, tmp_path, monkeypatch):
+    monkeypatch.setenv("ODE_MOMENTUM_CACHE", str(tmp_path))
+    first = native._build(native._compiler())
+    assert first.parent == tmp_path and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert native._build(native._compiler()) == first and first.stat().st_mtime_ns == stamp  # reused
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
+
+
+def test_selection_falls_back_and_errors_name_the_fix(monkeypatch):
+    with pytest.raises(ValueError, match="runs on CPU states only"):
+        fpk.select("native", torch.device("cuda"))
+    with pytest.raises(ValueError, match="`kernels` must be one of"):
+        fpk.select("fast", torch.device("cpu"))
+    with pytest.raises(ValueError, match="`kernels` must be one of"):
+        om.MomentumResNet([nn.Linear(2, 2)], gamma=0.9, gradient="exact", gradient_options={"kernels": "c"})
+    monkeypatch.setattr(native, "_load", lambda: (None, "no C compiler found (test)"))
+    assert fpk.select("auto", torch.device("cpu")) is EAGER  # same bits, slower
+    assert fpk.select("auto", torch.device("cuda")) is EAGER
+    with pytest.raises(RuntimeError, match="no C compiler found \\(test\\).*'kernels': 'eager'"):
+        native.library()
+
+
+def _grads(model, x):
+    x = x.clone().requires_grad_()
+    torch.manual_seed(5)  # the same dropout masks for every kernel implementation
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+    grads = [x.grad] + [p.grad for p in model.parameters()]
+    model.zero_grad()
+    return out.detach(), grads
+
+
+def _block(d):
+    return nn.Sequential(nn.Linear(d, d), nn.BatchNorm1d(d), nn.Tanh(), nn.Dropout(0.1), nn.Linear(d, d))
+
+
+@pytest.mark.parametrize("gamma", [0.9, 0.3])  # 0.3: the general exact multiply (blocks of up to 4 inputs)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exact_mode_outputs_and_gradients_equal_across_kernels(nat, gamma, dtype):
+    torch.manual_seed(0)
+    blocks = [_block(16).to(dtype) for _ in range(12)]
+    x = torch.randn(32, 16, dtype=dtype)
+    results = []
+    for kernels in ("eager", "native"):
+        net = om.MomentumResNet(blocks, gamma=gamma, gradient="exact", gradient_options={"kernels": kernels})
+        results.append(_grads(net, x))
+    (out_e, grads_e), (out_n, grads_n) = results
+    assert torch.equal(out_e, out_n)
+    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
+
+
+class _Field(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8, dtype=torch.float64)
+
+    def forward(self, t, x):
+        return torch.tanh(self.lin(x)) * torch.cos(t)
+
+
+def test_continuous_depth_leapfrog_agrees_across_kernels(nat):
+    """Leapfrog with h != 1: scaled drifts and two damping factors per step."""
+    torch.manual_seed(1)
+    field, x = _Field(), torch.randn(4, 8, dtype=torch.float64)
+    results = []
+    for kernels in ("eager", "native"):
+        layer = om.MomentumODE(field, eps=0.3, n_steps=15, gradient="exact", gradient_options={"kernels": kernels})
+        results.append(_grads(layer, x))
+    (out_e, grads_e), (out_n, grads_n) = results
+    assert torch.equal(out_e, out_n)
+    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own
+def test_compiled_kernels_agree_with_eager():
+    """torch.compile'd kernels (the first call compiles for tens of seconds on a CPU)."""
+    torch.manual_seed(2)
+    blocks = [_block(8).double() for _ in range(4)]
+    x = torch.randn(16, 8, dtype=torch.float64)
+    results = []
+    for kernels in ("eager", "compiled"):
+        net = om.MomentumResNet(blocks, gamma=0.9, gradient="exact", gradient_options={"kernels": kernels})
+        results.append(_grads(net, x))
+    (out_e, grads_e), (out_c, grads_c) = results
+    assert torch.equal(out_e, out_c)
+    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))
