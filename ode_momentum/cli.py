@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .reproduce import add_reproduce_parser
 from .robustness import add_robustness_parser
 from .benchmarking.cli import add_bench_parser
 from .studies import add_study_parser
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_finetune_parser(commands)
     add_robustness_parser(commands)
+    add_reproduce_parser(commands)
     return parser
 
 
