@@ -29,10 +29,10 @@ A section that raises does not stop the others: its error is shown in the report
 status of the command is 0 when every section ran and every claim passes, 1 otherwise (the failing checks
 are printed).
 
-Sizes: ``"quick"`` (``--quick``, one to three minutes on 2 CPU cores) uses the quick sizes of the claims,
+Sizes: ``"quick"`` (``--quick``, one to two minutes on 2 CPU cores) uses the quick sizes of the claims,
 the step-limit study and the crossing experiments (those of ``theory/crossing.py``), the default digits fit,
 and a reduced gamma-robustness study that still shows its effect (width 16, 10 epochs, five test gammas);
-``"full"`` the full sizes of every study (about ten minutes). ``"tiny"`` is for the tests: seconds, and
+``"full"`` the full sizes of every study (three to five minutes). ``"tiny"`` is for the tests: seconds, and
 numbers that mean nothing.
 """
 
@@ -872,7 +872,7 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder (created if missing)")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes: one to three minutes on 2 CPU cores instead of about ten")
+                   help="small sizes: one to two minutes on 2 CPU cores instead of three to five")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, metavar="NAME",
                    help=f"only these sections (default: all): {', '.join(SECTIONS)}")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
