@@ -11,7 +11,7 @@ import ode_momentum as om
 from ode_momentum import INTEGRATORS
 from ode_momentum.analysis import buffer_bound, exact_round_trip, saved_tensor_bytes
 from ode_momentum.gradients import fixed_point as fp
-from ode_momentum.gradients.fixed_point_kernels import EagerKernels
+from ode_momentum.gradients.fixed_point_kernels import EAGER
 from ode_momentum.gradients.exact import (
     ExactOptions,
     ExactReversalError,
@@ -121,7 +121,7 @@ def straight_through_forward(net, x, options=ExactOptions()):
     """Autograd through the exact mode's fixed-point forward, written out by hand for a MomentumResNet."""
     R, k = options.frac_bits, options.gamma_bits
     g = effective_gamma(net.gamma, k)
-    ops = FixedPointArithmetic(R, k, None, _RangeGuard(), EagerKernels)  # independent of the mode's kernels
+    ops = FixedPointArithmetic(R, k, None, _RangeGuard(), EAGER)  # independent of the mode's kernels
     X, V = fp.encode(x, R), torch.zeros_like(x, dtype=torch.int64)
     xt, vt = _StraightThrough.apply(x, fp.decode(X, R, x.dtype)), torch.zeros_like(x)  # the input on the grid
     for f in net.functions:

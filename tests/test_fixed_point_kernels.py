@@ -11,7 +11,7 @@ from ode_momentum.gradients import fixed_point as fp
 from ode_momentum.gradients import fixed_point_kernels as fpk
 from ode_momentum.gradients import native
 
-EAGER = fpk.EagerKernels
+EAGER = fpk.EAGER
 K = 30  # the default gamma_bits
 HAS_COMPILER = native._compiler() is not None and os.environ.get("ODE_MOMENTUM_NATIVE", "1") != "0"
 
@@ -87,6 +87,36 @@ def test_drifts_and_decoding_agree(nat, h):
     for dtype in (torch.float32, torch.float64):
         assert torch.equal(EAGER.decode(X_n, 2.0**-44, dtype), nat.decode(X_n, 2.0**-44, dtype))
     assert int(EAGER.checksum(X, V)) == nat.checksum(X, V)  # both wrap modulo 2^64
+
+
+def _wrapped(total):
+    return (total + 2**63) % 2**64 - 2**63
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma, h", [(0.9, 1.0), (0.55, 0.3)])
+def test_fused_kernels_equal_their_compositions(nat, dtype, gamma, h):
+    """One pass instead of two or three: the same integers, decoded states and checksum sums."""
+    gen = torch.Generator().manual_seed(4)
+    X, V = _ints(gen, 30_000, 52), _ints(gen, 30_000, 52)
+    word = torch.randint(0, 2**40, V.shape, generator=gen)
+    f = torch.randn(30_000, generator=gen, dtype=torch.float64).to(dtype)
+    n, s, scale = fp.quantise(gamma, K), fp.dither(7, K), (1 - gamma) * 2.0**44
+    W_e, word_e, *flags_e, _ = EAGER.damp_kick2(V, word, n, s, K, f, scale)
+    W_n, word_n, *flags_n, sum_w = nat.damp_kick2(V, word, n, s, K, f, scale)
+    assert torch.equal(W_e, W_n) and torch.equal(word_e, word_n) and sum_w == _wrapped(int(W_e.sum()))
+    assert [_in_range(p) for p in flags_e] == [_in_range(p) for p in flags_n]
+    assert torch.equal(nat.damp_kick_only(V, n, s, K, f, scale)[0], W_e)
+    V_n, back_word, sum_v = nat.unkick_undamp2(W_n, word_n, n, s, K, f, scale)
+    assert torch.equal(V_n, V) and torch.equal(back_word, word) and sum_v == _wrapped(int(V.sum()))
+    assert torch.equal(EAGER.unkick_undamp2(W_n, word_n, n, s, K, f, scale)[0], V)
+    X_e, x_e, *_ = EAGER.drift_decode(X, V, h, dtype, 2.0**-44)
+    X_n, x_n, *flags, sum_x, sum_v = nat.drift_decode(X, V, h, dtype, 2.0**-44)
+    assert torch.equal(X_e, X_n) and torch.equal(x_e, x_n) and x_n.dtype == dtype
+    assert (sum_x, sum_v) == (_wrapped(int(X_e.sum())), _wrapped(int(V.sum())))
+    X_b, x_b, sum_xb, _ = nat.undrift_decode(X_n, V, h, dtype, 2.0**-44)
+    assert torch.equal(X_b, X) and torch.equal(x_b, EAGER.decode(X, 2.0**-44, dtype))
+    assert sum_xb == _wrapped(int(X.sum()))
 
 
 def test_out_of_range_and_non_finite_values_are_flagged(nat):

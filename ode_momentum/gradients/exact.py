@@ -134,13 +134,16 @@ class FixedPointArithmetic(QuantisedFloat):
     kernel implementation (:mod:`~ode_momentum.gradients.fixed_point_kernels`); all give the same bits.
     """
 
-    def __init__(self, frac_bits, gamma_bits, buffer: fp.BitBuffer | None, guard: "_RangeGuard", kern):
+    def __init__(self, frac_bits, gamma_bits, buffer: fp.BitBuffer | None, guard: "_RangeGuard", kern,
+                 dtype: torch.dtype = torch.float64, known: "_Known | None" = None):
         super().__init__(gamma_bits)
         self.R = frac_bits
         self.buffer = buffer
         self.guard = guard
         self.n_mul = 0  # multiplies done so far: indexes the dither
         self.kern = kern
+        self.dtype = dtype  # of the decoded states the residual functions read
+        self.known = _Known() if known is None else known
 
     def _factor(self, g: float) -> tuple[int, bool]:
         n = round(abs(g) * 2**self.k)
@@ -193,13 +196,88 @@ class FixedPointArithmetic(QuantisedFloat):
     def unkick(self, V, c, f):
         return self.kern.unkick(V, f, c * 2.0**self.R)
 
+    def damp_kick(self, V, g, c, f):
+        """``damp`` then ``kick`` as one kernel on the fast path (same bits)."""
+        n, negate = self._factor(g)
+        if negate or n == 1 << self.k or not self._fast(n):
+            return self.kick(self.damp(V, g), c, f)
+        s = fp.dither(self.n_mul, self.k)
+        self.n_mul += 1
+        scale = c * 2.0**self.R
+        if self.buffer is None:
+            W, peak_inc, peak_v = self.kern.damp_kick_only(V, n, s, self.k, f, scale)
+        else:
+            self.buffer.reserve(2)
+            W, self.buffer.word, peak_inc, peak_v, total = self.kern.damp_kick2(V, self.buffer.word, n, s, self.k, f, scale)
+            self.known.sums(W, total)
+        self.guard.record(peak_inc, peak_v)
+        return W
+
+    def unkick_undamp(self, W, c, f, g):
+        """The inverse of :meth:`damp_kick`, as one kernel on the fast path."""
+        n, negate = self._factor(g)
+        if negate or n == 1 << self.k or not self._fast(n):
+            return self.undamp(self.unkick(W, c, f), g)
+        self.n_mul -= 1
+        s = fp.dither(self.n_mul, self.k)
+        buf = self.buffer
+        V, buf.word, total = self.kern.unkick_undamp2(W, buf.word, n, s, self.k, f, c * 2.0**self.R)
+        buf.unreserve()
+        self.known.sums(V, total)
+        return V
+
     def drift(self, X, h, V):
-        X, peak_inc, peak_x = self.kern.drift(X, V, h)
+        X, x, peak_inc, peak_x, sum_x, sum_v = self.kern.drift_decode(X, V, h, self.dtype, 2.0**-self.R)
         self.guard.record(peak_inc, peak_x)
+        self.known.decoded(X, x)
+        self.known.sums(X, sum_x, V, sum_v)
         return X
 
     def undrift(self, X, h, V):
-        return self.kern.undrift(X, V, h)
+        X, x, sum_x, sum_v = self.kern.undrift_decode(X, V, h, self.dtype, 2.0**-self.R)
+        self.known.decoded(X, x)
+        self.known.sums(X, sum_x, V, sum_v)
+        return X
+
+    def checksum(self, X, V):
+        """``3 sum(X) + sum(V)`` modulo 2^64, from the sums the fused kernels returned where they did."""
+        sum_x, sum_v = self.known.sum_of(X), self.known.sum_of(V)
+        if sum_x is None or sum_v is None:
+            return self.kern.checksum(X, V)
+        return (3 * sum_x + sum_v + 2**63) % 2**64 - 2**63
+
+
+class _Known:
+    """By-products of the fused kernels, looked up by tensor identity: the last decoded state (handed out
+    once: a residual function may then modify it) and the integer sums of the last few states."""
+
+    def __init__(self):
+        self._decoded: tuple | None = None
+        self._sums: list[tuple[torch.Tensor, int]] = []
+
+    def decoded(self, X: torch.Tensor, x: torch.Tensor) -> None:
+        self._decoded = (X, x)
+
+    def take_decoded(self, X: torch.Tensor) -> torch.Tensor | None:
+        if self._decoded is not None and self._decoded[0] is X:
+            x, self._decoded = self._decoded[1], None
+            return x
+        return None
+
+    def sums(self, *pairs) -> None:
+        """Remember ``(tensor, sum)`` pairs (``sum`` None: not known)."""
+        for t, total in zip(pairs[0::2], pairs[1::2]):
+            if total is not None:
+                self._sums = [(t, total)] + self._sums[:3]
+
+    def sum_of(self, t: torch.Tensor) -> int | None:
+        for u, total in self._sums:
+            if u is t:
+                return total
+        return None
+
+    def clear(self) -> None:
+        self._decoded, self._sums = None, []
 
 
 class _RangeGuard:
@@ -260,6 +338,7 @@ class FixedPointSystem:
         self.buffer: fp.BitBuffer | None = None
         self.checksums: list = []
         self._ops: FixedPointArithmetic | None = None
+        self.known = _Known()
 
     def encode(self, x0, v0):
         self.dtype = x0.dtype
@@ -276,22 +355,27 @@ class FixedPointSystem:
         return fp.encode(x0.detach(), self.R), fp.encode(v0.detach(), self.R)
 
     def decode(self, X):
-        return self.kern.decode(X, 2.0**-self.R, self.dtype)
+        x = self.known.take_decoded(X)
+        return self.kern.decode(X, 2.0**-self.R, self.dtype) if x is None else x
+
+    def _arithmetic(self, buffer, guard):
+        return FixedPointArithmetic(self.R, self.k, buffer, guard, self.kern, self.dtype, self.known)
 
     def training_ops(self, V):
         self.buffer = fp.BitBuffer(V)
-        self._ops = FixedPointArithmetic(self.R, self.k, self.buffer, self.guard, self.kern)
+        self._ops = self._arithmetic(self.buffer, self.guard)
         return self._ops
 
     def inference_ops(self):
-        return FixedPointArithmetic(self.R, self.k, None, self.guard, self.kern)
+        return self._arithmetic(None, self.guard)
 
     def on_step(self, n, X, V):
         self.guard.step = n
         if n < self.traj.n_steps and self._ops is not None:
-            self.checksums.append(self.kern.checksum(X, V))
+            self.checksums.append(self._ops.checksum(X, V))
 
     def end_forward(self):
+        self.known.clear()  # holds states: the autograd context must not keep them alive
         bad = self.guard.first_bad_step()
         self.guard = _RangeGuard()
         if bad is not None:
@@ -315,7 +399,7 @@ class FixedPointSystem:
         buffer = fp.BitBuffer.__new__(fp.BitBuffer)
         buffer.word, buffer.stack = saved[-1], list(saved[:-1])
         buffer.spill_at, buffer.pushes, buffer._bound_bits = list(self._spill_at), self._pushes, self._bound
-        ops = FixedPointArithmetic(self.R, self.k, buffer, _RangeGuard(), self.kern)
+        ops = self._arithmetic(buffer, _RangeGuard())
         ops.n_mul = self.n_mul
         return _ExactReverse(self, ops)
 
@@ -326,11 +410,12 @@ class _ExactReverse:
         self.checksums: list[torch.Tensor] = []
 
     def after_inverse(self, n, X, V):
-        self.checksums.append(self.system.kern.checksum(X, V))
+        self.checksums.append(self.ops.checksum(X, V))
         return X, V
 
     def finish(self, X, V):
         system = self.system
+        system.known.clear()
         n = _first_mismatch(self.checksums[::-1], system.checksums)  # the last: the backward meets it first
         if n is not None:
             raise ExactReversalError(

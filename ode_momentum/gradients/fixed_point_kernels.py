@@ -35,7 +35,36 @@ def _shift(V, h: float):
     return torch.round(inc).long(), inc.abs().amax()
 
 
-class EagerKernels:
+class _Composed:
+    """The fused sub-flows as compositions of the unfused ones. ``None`` sums: the checksum computes its own.
+
+    ``damp_kick2`` / ``damp_kick_only`` / ``unkick_undamp2``: the damped kick ``v <- g v + c f`` and its
+    inverse; ``drift_decode`` / ``undrift_decode``: a drift and the decoded result (what the next residual
+    evaluation reads). Signatures as in :class:`~ode_momentum.gradients.native.NativeKernels`.
+    """
+
+    def damp_kick2(self, V, word, n, s, k, f, scale):
+        W, word = self.damp_push2(V, word, n, s, k)
+        W, flag_inc, flag_v = self.kick(W, f, scale)
+        return W, word, flag_inc, flag_v, None
+
+    def damp_kick_only(self, V, n, s, k, f, scale):
+        return self.kick(self.damp_only(V, n, s, k), f, scale)
+
+    def unkick_undamp2(self, W, word, n, s, k, f, scale):
+        V, word = self.undamp_pop2(self.unkick(W, f, scale), word, n, s, k)
+        return V, word, None
+
+    def drift_decode(self, X, V, h, dtype, scale):
+        X, flag_inc, flag_x = self.drift(X, V, h)
+        return X, self.decode(X, scale, dtype), flag_inc, flag_x, None, None
+
+    def undrift_decode(self, X, V, h, dtype, scale):
+        X = self.undrift(X, V, h)
+        return X, self.decode(X, scale, dtype), None, None
+
+
+class EagerKernels(_Composed):
     """The sub-flows as plain elementwise torch operations."""
 
     name = "eager"
@@ -100,7 +129,7 @@ class EagerKernels:
         return X.sum() * 3 + V.sum()
 
 
-class CompiledKernels:
+class CompiledKernels(_Composed):
     """:class:`EagerKernels` compiled once per process by ``torch.compile``; scalars enter as 0-dim tensors so
     that one compiled kernel serves every damping factor, dither and step."""
 
@@ -155,6 +184,9 @@ class CompiledKernels:
         return self.c["checksum"](X, V)
 
 
+EAGER = EagerKernels()
+
+
 def _drift_scaled(X, V, h):
     inc = V.double() * h
     X = X + torch.round(inc).long()
@@ -183,7 +215,7 @@ def select(kernels: str, device: torch.device):
     if kernels not in KERNELS:
         raise ValueError(f"`kernels` must be one of {KERNELS}; got {kernels!r}.")
     if kernels == "auto":
-        return _native() if device.type == "cpu" and native.status()[0] else EagerKernels
+        return _native() if device.type == "cpu" and native.status()[0] else EAGER
     if kernels == "native":
         if device.type != "cpu":
             raise ValueError(
@@ -193,4 +225,4 @@ def select(kernels: str, device: torch.device):
         return _native()
     if kernels == "compiled":
         return CompiledKernels()
-    return EagerKernels
+    return EAGER

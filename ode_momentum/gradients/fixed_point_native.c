@@ -100,50 +100,48 @@ CLONES void undamp_pop2(const i64 *W, const i64 *word, i64 *V, i64 *word_out, i6
     }
 }
 
-/* The int64 increment round(x), 0 where |x| is not below 2^62 (or x is nan): the cast would be undefined
- * there, and *bad is set so that the range guard reports the step. */
-static inline i64 increment(double x, int *bad) {
-    const int ok = fabs(x) < RANGE;
-    *bad |= !ok;
-    return ok ? (i64)round_even(x) : 0;
-}
+/* Whether an increment cannot be cast: |x| not below 2^62, or x nan. */
+static inline int out_of_range(double x) { return !(fabs(x) < RANGE); }
+
+/* The int64 increment round(x); 0 where out_of_range(x) (the cast would be undefined there; the caller's
+ * flag makes the range guard report the step). Branch-free, so the loops vectorise. */
+static inline i64 increment(double x) { return (i64)round_even(fabs(x) < RANGE ? x : 0.0); }
+
+/* A loop over i with `fi` the i-th residual value as double, for float32 (f32 = 1) or float64 `f`. */
+#define FOR_EACH_F(f, f32, ...)                                                                               \
+    if (f32) {                                                                                                 \
+        const float *ff_ = (const float *)(f);                                                                 \
+        for (i64 i = 0; i < len; i++) {                                                                        \
+            const double fi = (double)ff_[i];                                                                  \
+            __VA_ARGS__                                                                                        \
+        }                                                                                                      \
+    } else {                                                                                                   \
+        const double *fd_ = (const double *)(f);                                                               \
+        for (i64 i = 0; i < len; i++) {                                                                        \
+            const double fi = fd_[i];                                                                          \
+            __VA_ARGS__                                                                                        \
+        }                                                                                                      \
+    }
 
 /* V' = V + round(scale f); flags[0]: some |scale f| >= 2^62 or nan; flags[1]: some |V'| >= 2^62.
  * f is float32 (f32 = 1) or float64. */
 CLONES void kick(const i64 *V, const void *f, int f32, double scale, i64 *out, i64 len, double *flags) {
     int bad = 0;
     u64 acc = 0;
-    if (f32) {
-        const float *ff = (const float *)f;
-        for (i64 i = 0; i < len; i++) {
-            const i64 v = V[i] + increment((double)ff[i] * scale, &bad);
-            out[i] = v;
-            acc |= magnitude(v);
-        }
-    } else {
-        const double *fd = (const double *)f;
-        for (i64 i = 0; i < len; i++) {
-            const i64 v = V[i] + increment(fd[i] * scale, &bad);
-            out[i] = v;
-            acc |= magnitude(v);
-        }
-    }
+    FOR_EACH_F(f, f32, {
+        const double inc = fi * scale;
+        bad |= out_of_range(inc);
+        const i64 v = V[i] + increment(inc);
+        out[i] = v;
+        acc |= magnitude(v);
+    })
     flags[0] = flag(bad, 0);
     flags[1] = flag(0, acc);
 }
 
 /* V' = V - round(scale f): the inverse of kick, on values the forward guarded. */
 CLONES void unkick(const i64 *V, const void *f, int f32, double scale, i64 *out, i64 len) {
-    int unused = 0;
-    if (f32) {
-        const float *ff = (const float *)f;
-        for (i64 i = 0; i < len; i++)
-            out[i] = V[i] - increment((double)ff[i] * scale, &unused);
-    } else {
-        const double *fd = (const double *)f;
-        for (i64 i = 0; i < len; i++)
-            out[i] = V[i] - increment(fd[i] * scale, &unused);
-    }
+    FOR_EACH_F(f, f32, { out[i] = V[i] - increment(fi * scale); })
 }
 
 /* X' = X + d with d = V (h == 1) or round(h V); flags[0]: some |d| >= 2^62; flags[1]: some |X'| >= 2^62. */
@@ -159,7 +157,9 @@ CLONES void drift(const i64 *X, const i64 *V, double h, i64 *out, i64 len, doubl
         }
     } else {
         for (i64 i = 0; i < len; i++) {
-            const i64 x = X[i] + increment((double)V[i] * h, &bad);
+            const double inc = (double)V[i] * h;
+            bad |= out_of_range(inc);
+            const i64 x = X[i] + increment(inc);
             out[i] = x;
             acc_x |= magnitude(x);
         }
@@ -170,13 +170,12 @@ CLONES void drift(const i64 *X, const i64 *V, double h, i64 *out, i64 len, doubl
 
 /* X' = X - d: the inverse of drift. */
 CLONES void undrift(const i64 *X, const i64 *V, double h, i64 *out, i64 len) {
-    int unused = 0;
     if (h == 1.0) {
         for (i64 i = 0; i < len; i++)
             out[i] = X[i] - V[i];
     } else {
         for (i64 i = 0; i < len; i++)
-            out[i] = X[i] - increment((double)V[i] * h, &unused);
+            out[i] = X[i] - increment((double)V[i] * h);
     }
 }
 
@@ -202,4 +201,147 @@ CLONES i64 checksum(const i64 *X, const i64 *V, i64 len) {
         sv += (u64)V[i];
     }
     return (i64)(3 * sx + sv);
+}
+
+/* --- fused sub-flows: one memory pass where the unfused kernels take two or three ------------------------
+ * Every integrator damps and kicks together (v <- g v + c f) and undoes both together; a drift's output is
+ * decoded for the next residual evaluation and summed for the checksum. On states larger than the cache
+ * the kernels are memory-bound, so each pass saved is time saved. Results are those of the unfused kernels.
+ * sums[] receive wrapping int64 sums of the named arrays (for the checksum 3 sum(X) + sum(V)). */
+
+/* kick(damp_push2(V)): W = floor((V n + s) / 2^k) + round(scale f), the one-bit push, flags as kick's,
+ * sums[0] = sum(W). */
+CLONES void damp_kick2(const i64 *V, const i64 *word, const void *f, int f32, double scale, i64 *W, i64 *word_out,
+                       i64 len, i64 n, i64 s, int k, double *flags, i64 *sums) {
+    const i64 mask = ((i64)1 << k) - 1, top = ((i64)1 << k) - n;
+    int bad = 0;
+    u64 acc = 0, sum = 0;
+    FOR_EACH_F(f, f32, {
+        const i64 v = V[i];
+        const i64 P = (v & mask) * n + s;
+        const i64 r = P & mask;
+        const i64 upper = r >= n, two = upper | (r < top);
+        const double inc = fi * scale;
+        bad |= out_of_range(inc);
+        const i64 w = (v >> k) * n + (P >> k) + increment(inc);
+        W[i] = w;
+        word_out[i] = two ? ((word[i] << 1) | upper) : word[i];
+        acc |= magnitude(w);
+        sum += (u64)w;
+    })
+    flags[0] = flag(bad, 0);
+    flags[1] = flag(0, acc);
+    sums[0] = (i64)sum;
+}
+
+/* The value of damp_kick2 alone (inference): no push, no sum. */
+CLONES void damp_kick_only(const i64 *V, const void *f, int f32, double scale, i64 *W, i64 len, i64 n, i64 s,
+                           int k, double *flags) {
+    const i64 mask = ((i64)1 << k) - 1;
+    int bad = 0;
+    u64 acc = 0;
+    FOR_EACH_F(f, f32, {
+        const i64 v = V[i];
+        const double inc = fi * scale;
+        bad |= out_of_range(inc);
+        const i64 w = (v >> k) * n + (((v & mask) * n + s) >> k) + increment(inc);
+        W[i] = w;
+        acc |= magnitude(w);
+    })
+    flags[0] = flag(bad, 0);
+    flags[1] = flag(0, acc);
+}
+
+/* undamp_pop2(unkick(W)): the inverse of damp_kick2; sums[0] = sum(V). */
+CLONES void unkick_undamp2(const i64 *W, const i64 *word, const void *f, int f32, double scale, i64 *V,
+                           i64 *word_out, i64 len, i64 n, i64 s, int k, i64 *sums) {
+    const i64 mask = ((i64)1 << k) - 1, top = ((i64)1 << k) - n, one = (i64)1 << k;
+    const double inv = 1.0 / (double)n;
+    u64 sum = 0;
+    FOR_EACH_F(f, f32, {
+        i64 b, rem;
+        const i64 u = W[i] - increment(fi * scale);
+        const i64 a = floor_divmod(u, n, inv, &b);
+        const i64 lo = a * one - floor_divmod(s - b * one, n, inv, &rem);
+        const i64 r = ((lo & mask) * n + s) & mask;
+        const i64 w = word[i], two = r < top;
+        const i64 v = lo + (two & w);
+        V[i] = v;
+        word_out[i] = two ? w >> 1 : w;
+        sum += (u64)v;
+    })
+    sums[0] = (i64)sum;
+}
+
+/* A loop over i writing the decoded x = X' / 2^R into `decoded` (float32 if f32, else float64). */
+#define FOR_EACH_DECODED(decoded, f32, dscale, ...)                                                           \
+    if (f32) {                                                                                                 \
+        float *xf_ = (float *)(decoded);                                                                       \
+        const float fs_ = (float)(dscale);                                                                     \
+        for (i64 i = 0; i < len; i++) {                                                                        \
+            __VA_ARGS__ xf_[i] = (float)x * fs_;                                                               \
+        }                                                                                                      \
+    } else {                                                                                                   \
+        double *xd_ = (double *)(decoded);                                                                     \
+        for (i64 i = 0; i < len; i++) {                                                                        \
+            __VA_ARGS__ xd_[i] = (double)x * (dscale);                                                         \
+        }                                                                                                      \
+    }
+
+/* drift, and x = X' / 2^R decoded; sums[0] = sum(X'), sums[1] = sum(V). */
+CLONES void drift_decode(const i64 *X, const i64 *V, double h, i64 *out, void *decoded, int f32, double dscale,
+                         i64 len, double *flags, i64 *sums) {
+    int bad = 0;
+    u64 acc_d = 0, acc_x = 0, sx = 0, sv = 0;
+    if (h == 1.0) {
+        FOR_EACH_DECODED(decoded, f32, dscale,
+            const i64 v = V[i];
+            const i64 x = X[i] + v;
+            out[i] = x;
+            acc_d |= magnitude(v);
+            acc_x |= magnitude(x);
+            sx += (u64)x;
+            sv += (u64)v;
+        )
+    } else {
+        FOR_EACH_DECODED(decoded, f32, dscale,
+            const i64 v = V[i];
+            const double inc = (double)v * h;
+            bad |= out_of_range(inc);
+            const i64 x = X[i] + increment(inc);
+            out[i] = x;
+            acc_x |= magnitude(x);
+            sx += (u64)x;
+            sv += (u64)v;
+        )
+    }
+    flags[0] = flag(bad, acc_d);
+    flags[1] = flag(0, acc_x);
+    sums[0] = (i64)sx;
+    sums[1] = (i64)sv;
+}
+
+/* undrift, decoded as drift_decode; sums[0] = sum(X'), sums[1] = sum(V). */
+CLONES void undrift_decode(const i64 *X, const i64 *V, double h, i64 *out, void *decoded, int f32, double dscale,
+                           i64 len, i64 *sums) {
+    u64 sx = 0, sv = 0;
+    if (h == 1.0) {
+        FOR_EACH_DECODED(decoded, f32, dscale,
+            const i64 v = V[i];
+            const i64 x = X[i] - v;
+            out[i] = x;
+            sx += (u64)x;
+            sv += (u64)v;
+        )
+    } else {
+        FOR_EACH_DECODED(decoded, f32, dscale,
+            const i64 v = V[i];
+            const i64 x = X[i] - increment((double)v * h);
+            out[i] = x;
+            sx += (u64)x;
+            sv += (u64)v;
+        )
+    }
+    sums[0] = (i64)sx;
+    sums[1] = (i64)sv;
 }

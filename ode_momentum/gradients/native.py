@@ -7,7 +7,9 @@ platform; the build takes about a second and is atomic (several processes may ra
 works, :func:`status` says why and the exact mode uses its eager torch kernels, which give the same bits.
 
 No ``-ffast-math`` and ``-ffp-contract=off``: the few float operations in the kernels (quotient estimates,
-the rounding of kicks, decoding) must round exactly as torch's do. No ``-march=native``: a cache shared
+the rounding of kicks, decoding) must round exactly as torch's do. ``-fno-trapping-math`` and
+``-fno-math-errno`` change no result (IEEE rounding stays; only exceptions and errno are not kept), and let
+the branch-free loops vectorise. No ``-march=native``: a cache shared
 by several machines must not hold code that one of them cannot run.
 """
 
@@ -27,7 +29,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("fixed_point_native.c")
-FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-math-errno")
+FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-math-errno",
+         "-fno-trapping-math")
 
 
 def _compiler() -> str | None:
@@ -93,6 +96,16 @@ _SIGNATURES = {
     "undrift": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_void_p, ctypes.c_int64], None),
     "decode": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_int64], None),
     "checksum": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], ctypes.c_int64),
+    "damp_kick2": ([ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_void_p] * 2
+                   + [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 2, None),
+    "damp_kick_only": ([ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_double, ctypes.c_void_p]
+                       + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_void_p], None),
+    "unkick_undamp2": ([ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_void_p] * 2
+                       + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_void_p], None),
+    "drift_decode": ([ctypes.c_void_p] * 2 + [ctypes.c_double] + [ctypes.c_void_p] * 2
+                     + [ctypes.c_int, ctypes.c_double, ctypes.c_int64] + [ctypes.c_void_p] * 2, None),
+    "undrift_decode": ([ctypes.c_void_p] * 2 + [ctypes.c_double] + [ctypes.c_void_p] * 2
+                       + [ctypes.c_int, ctypes.c_double, ctypes.c_int64, ctypes.c_void_p], None),
 }
 
 
@@ -148,7 +161,9 @@ def _floats(f: torch.Tensor) -> tuple[torch.Tensor, int]:
 class NativeKernels:
     """The fixed-point sub-flows on contiguous CPU int64 tensors, one C loop each.
 
-    Peaks are returned as Python floats and checksums as Python ints (no tensor round trip).
+    Range flags are returned as Python floats (0.0 in range, inf not) and checksums and sums as Python ints
+    (int64, wrapping), so nothing makes a tensor round trip. The fused kernels also return the sums the
+    checksum needs, and the decoded state the next residual evaluation reads.
     """
 
     name = "native"
@@ -209,3 +224,45 @@ class NativeKernels:
     def checksum(self, X, V):
         X, V = _state(X), _state(V)
         return self.lib.checksum(X.data_ptr(), V.data_ptr(), X.numel())
+
+    def damp_kick2(self, V, word, n, s, k, f, scale):
+        V, word, (f, f32) = _state(V), _state(word), _floats(f)
+        W, out = torch.empty_like(V), torch.empty_like(word)
+        flags, sums = (ctypes.c_double * 2)(), (ctypes.c_int64 * 1)()
+        self.lib.damp_kick2(V.data_ptr(), word.data_ptr(), f.data_ptr(), f32, scale, W.data_ptr(), out.data_ptr(),
+                            V.numel(), n, s, k, flags, sums)
+        return W, out, flags[0], flags[1], sums[0]
+
+    def damp_kick_only(self, V, n, s, k, f, scale):
+        V, (f, f32) = _state(V), _floats(f)
+        W, flags = torch.empty_like(V), (ctypes.c_double * 2)()
+        self.lib.damp_kick_only(V.data_ptr(), f.data_ptr(), f32, scale, W.data_ptr(), V.numel(), n, s, k, flags)
+        return W, flags[0], flags[1]
+
+    def unkick_undamp2(self, W, word, n, s, k, f, scale):
+        W, word, (f, f32) = _state(W), _state(word), _floats(f)
+        V, out, sums = torch.empty_like(W), torch.empty_like(word), (ctypes.c_int64 * 1)()
+        self.lib.unkick_undamp2(W.data_ptr(), word.data_ptr(), f.data_ptr(), f32, scale, V.data_ptr(),
+                                out.data_ptr(), W.numel(), n, s, k, sums)
+        return V, out, sums[0]
+
+    def drift_decode(self, X, V, h, dtype, scale):
+        if dtype not in (torch.float32, torch.float64):
+            X, flag_inc, flag_x = self.drift(X, V, h)
+            return X, self.decode(X, scale, dtype), flag_inc, flag_x, None, None
+        X, V = _state(X), _state(V)
+        out, x = torch.empty_like(X), torch.empty(X.shape, dtype=dtype)
+        flags, sums = (ctypes.c_double * 2)(), (ctypes.c_int64 * 2)()
+        self.lib.drift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
+                              int(dtype == torch.float32), scale, X.numel(), flags, sums)
+        return out, x, flags[0], flags[1], sums[0], sums[1]
+
+    def undrift_decode(self, X, V, h, dtype, scale):
+        if dtype not in (torch.float32, torch.float64):
+            X = self.undrift(X, V, h)
+            return X, self.decode(X, scale, dtype), None, None
+        X, V = _state(X), _state(V)
+        out, x, sums = torch.empty_like(X), torch.empty(X.shape, dtype=dtype), (ctypes.c_int64 * 2)()
+        self.lib.undrift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
+                                int(dtype == torch.float32), scale, X.numel(), sums)
+        return out, x, sums[0], sums[1]

@@ -178,6 +178,16 @@ class _Adjoint:
         return self.inv.undamp(v, g)
 
     def unkick(self, v, c, f):
+        self._pull_through_residual(c, f)
+        return self.inv.unkick(v, c, f)
+
+    def unkick_undamp(self, v, c, f, g):
+        self._pull_through_residual(c, f)
+        self.av = self.av * g
+        return self.inv.unkick_undamp(v, c, f, g)
+
+    def _pull_through_residual(self, c, f):
+        """The kick's transpose: the cotangent ``c av`` of ``f``, through the recorded graph."""
         value, rec = self.records[id(f)]
         internal_assert(value is f, "kicks use the residual values the recorder handed out")
         if rec.out.requires_grad:
@@ -186,7 +196,6 @@ class _Adjoint:
             if grads[0] is not None:
                 self.ax = self.ax + grads[0]
             self.sink.add(rec.leaves, grads[1:])
-        return self.inv.unkick(v, c, f)
 
     def undrift(self, x, h, v):
         self.av = self.av + (self.ax if h == 1.0 else self.ax * h)

@@ -74,7 +74,7 @@ class AsynchronousLeapfrog(AbstractReversibleIntegrator):
         (t_half,) = self._times(span)
         g = ops.coefficient(REFLECTION)
         x = ops.drift(x, 0.5 * span.h, v)
-        v = ops.kick(ops.damp(v, g), 1.0 - g, func(t_half, x))
+        v = ops.damp_kick(v, g, 1.0 - g, func(t_half, x))
         x = ops.drift(x, 0.5 * span.h, v)
         return x, v
 
@@ -82,6 +82,6 @@ class AsynchronousLeapfrog(AbstractReversibleIntegrator):
         (t_half,) = self._times(span)
         g = ops.coefficient(REFLECTION)
         x = ops.undrift(x, 0.5 * span.h, v)
-        v = ops.undamp(ops.unkick(v, 1.0 - g, func(t_half, x)), g)
+        v = ops.unkick_undamp(v, 1.0 - g, func(t_half, x), g)
         x = ops.undrift(x, 0.5 * span.h, v)
         return x, v

@@ -10,13 +10,14 @@ Contract for implementers (numbered, as in scipy's ``OdeSolver``):
    (evaluations of ``F`` per step once first-same-as-last reuse is counted) and ``reversible``.
 2. Write ``step`` using only the primitive sub-flows of an arithmetic object ``ops``:
    ``ops.damp(v, g)`` (``v <- g v``), ``ops.kick(v, c, f)`` (``v <- v + c f``) and ``ops.drift(x, h, v)``
-   (``x <- x + h v``). Nothing else may touch the state. Pass every damping factor through
+   (``x <- x + h v``), or the damped kick ``ops.damp_kick(v, g, c, f)`` (``v <- g v + c f``, the two in one,
+   which an arithmetic may run as one kernel). Nothing else may touch the state. Pass every damping factor through
    ``g = ops.coefficient(g)`` first and derive the kick from the result (``c = 1 - g``), so that an arithmetic
    that can only multiply by certain numbers (the exact mode's dyadic rationals) keeps the scheme consistent.
    The float arithmetic below is the default; the exact (fixed-point) gradient mode swaps in its own, so a
    scheme written this way is bit-exactly reversible for free.
 3. A reversible scheme writes ``inverse_step`` with the inverse primitives (``undamp``, ``unkick``,
-   ``undrift``) applied in the reverse order, evaluating ``F`` at the same ``(t, x)`` as the forward did.
+   ``undrift``, and ``unkick_undamp(v, c, f, g)`` for ``damp_kick``) applied in the reverse order, evaluating ``F`` at the same ``(t, x)`` as the forward did.
 4. Evaluate ``F`` only through ``func(t, x)``, with ``t`` one of ``span.t0`` / ``span.t1`` or an intermediate
    time from :class:`~ode_momentum.integrators.SubTimes`, which hands ``step`` and ``inverse_step`` the same
    tensor objects. The driver passes a memoising ``func`` keyed on object identity, so an evaluation at the
@@ -74,6 +75,14 @@ class FloatArithmetic:
     @staticmethod
     def unkick(v: torch.Tensor, c: float, f: torch.Tensor) -> torch.Tensor:
         return v - c * f
+
+    def damp_kick(self, v: torch.Tensor, g: float, c: float, f: torch.Tensor) -> torch.Tensor:
+        """``v <- g v + c f``: :meth:`damp` then :meth:`kick` (an arithmetic may fuse them)."""
+        return self.kick(self.damp(v, g), c, f)
+
+    def unkick_undamp(self, v: torch.Tensor, c: float, f: torch.Tensor, g: float) -> torch.Tensor:
+        """The inverse of :meth:`damp_kick`: :meth:`unkick` then :meth:`undamp`."""
+        return self.undamp(self.unkick(v, c, f), g)
 
     @staticmethod
     def drift(x: torch.Tensor, h: float, v: torch.Tensor) -> torch.Tensor:

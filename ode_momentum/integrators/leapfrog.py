@@ -34,14 +34,14 @@ class Leapfrog(AbstractReversibleIntegrator):
 
     def step(self, func, x, v, span, ops=FLOAT):
         g = ops.coefficient(self.damping(0.5 * span.h))
-        v = ops.kick(ops.damp(v, g), 1.0 - g, func(span.t0, x))
+        v = ops.damp_kick(v, g, 1.0 - g, func(span.t0, x))
         x = ops.drift(x, span.h, v)
-        v = ops.kick(ops.damp(v, g), 1.0 - g, func(span.t1, x))
+        v = ops.damp_kick(v, g, 1.0 - g, func(span.t1, x))
         return x, v
 
     def inverse_step(self, func, x, v, span, ops=FLOAT):
         g = ops.coefficient(self.damping(0.5 * span.h))
-        v = ops.undamp(ops.unkick(v, 1.0 - g, func(span.t1, x)), g)
+        v = ops.unkick_undamp(v, 1.0 - g, func(span.t1, x), g)
         x = ops.undrift(x, span.h, v)
-        v = ops.undamp(ops.unkick(v, 1.0 - g, func(span.t0, x)), g)
+        v = ops.unkick_undamp(v, 1.0 - g, func(span.t0, x), g)
         return x, v

@@ -24,7 +24,7 @@ class _MomentumRule(AbstractReversibleIntegrator):
     def step(self, func, x, v, span, ops=FLOAT):
         g = ops.coefficient(self.damping(span.h))
         f = func(span.t0, x)
-        v = ops.kick(ops.damp(v, g), 1.0 - g, f)
+        v = ops.damp_kick(v, g, 1.0 - g, f)
         x = ops.drift(x, span.h, v)
         return x, v
 
@@ -32,7 +32,7 @@ class _MomentumRule(AbstractReversibleIntegrator):
         g = ops.coefficient(self.damping(span.h))
         x = ops.undrift(x, span.h, v)
         f = func(span.t0, x)
-        v = ops.undamp(ops.unkick(v, 1.0 - g, f), g)
+        v = ops.unkick_undamp(v, 1.0 - g, f, g)
         return x, v
 
 

@@ -55,14 +55,14 @@ class Yoshida4(AbstractReversibleIntegrator):
 
     def step(self, func, x, v, span, ops=FLOAT):
         for t0, t1, s, g in self._substeps(span, ops):
-            v = ops.kick(ops.damp(v, g), 1.0 - g, func(t0, x))
+            v = ops.damp_kick(v, g, 1.0 - g, func(t0, x))
             x = ops.drift(x, s, v)
-            v = ops.kick(ops.damp(v, g), 1.0 - g, func(t1, x))
+            v = ops.damp_kick(v, g, 1.0 - g, func(t1, x))
         return x, v
 
     def inverse_step(self, func, x, v, span, ops=FLOAT):
         for t0, t1, s, g in reversed(self._substeps(span, ops)):
-            v = ops.undamp(ops.unkick(v, 1.0 - g, func(t1, x)), g)
+            v = ops.unkick_undamp(v, 1.0 - g, func(t1, x), g)
             x = ops.undrift(x, s, v)
-            v = ops.undamp(ops.unkick(v, 1.0 - g, func(t0, x)), g)
+            v = ops.unkick_undamp(v, 1.0 - g, func(t0, x), g)
         return x, v
