@@ -152,6 +152,28 @@ def _sweep(run: _Run, reverse, X, V, grad_xs, grad_vs, sink):
     return X, V, adjoint.ax, adjoint.av
 
 
+try:  # the engine entry point behind torch.autograd.grad (torch >= 2.3)
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - older torch
+    _engine_run_backward = None
+
+
+def vjp(out: torch.Tensor, wrt: list[torch.Tensor], cotangent: torch.Tensor) -> tuple:
+    """``torch.autograd.grad(out, wrt, cotangent, retain_graph=True, allow_unused=True)``, same values.
+
+    For plain tensors the engine is called directly, skipping ``grad``'s argument normalisation
+    (``_make_grads``: a symbolic-shape comparison that costs about as much as the backward of a small
+    residual); the cotangent is built by the caller with ``out``'s shape, and cast here to its dtype as the
+    engine would. Tensor subclasses and older torch take ``torch.autograd.grad`` itself.
+    """
+    if (_engine_run_backward is None or type(out) is not torch.Tensor or type(cotangent) is not torch.Tensor
+            or cotangent.shape != out.shape):
+        return torch.autograd.grad(out, wrt, cotangent, retain_graph=True, allow_unused=True)
+    if cotangent.dtype != out.dtype:
+        cotangent = cotangent.to(out.dtype)
+    return _engine_run_backward((out,), (cotangent,), True, False, tuple(wrt), True, accumulate_grad=False)
+
+
 class _Adjoint:
     """Arithmetic for ``inverse_step`` that also pulls the adjoint back through every primitive it undoes.
 
@@ -192,7 +214,7 @@ class _Adjoint:
         internal_assert(value is f, "kicks use the residual values the recorder handed out")
         if rec.out.requires_grad:
             wrt = [rec.xd] + [self.sink.leaves[i] for i in rec.leaves]
-            grads = torch.autograd.grad(rec.out, wrt, self.av * c, retain_graph=True, allow_unused=True)
+            grads = vjp(rec.out, wrt, self.av * c)
             if grads[0] is not None:
                 self.ax = self.ax + grads[0]
             self.sink.add(rec.leaves, grads[1:])
