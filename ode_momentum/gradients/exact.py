@@ -391,13 +391,14 @@ class FixedPointSystem:
         self.n_mul = self._ops.n_mul
         self._spill_at, self._pushes = list(self.buffer.spill_at), self.buffer.pushes
         self._bound = self.buffer._bound_bits
-        words = self.buffer.words()
+        words = self.buffer.packed_words()
         self.buffer = None  # the words now live in the autograd context
         return words
 
     def start_backward(self, saved):
         buffer = fp.BitBuffer.__new__(fp.BitBuffer)
-        buffer.word, buffer.stack = saved[-1], list(saved[:-1])
+        saved = fp.BitBuffer.unpack_words(list(saved))
+        buffer.word, buffer.stack = saved[-1], saved[:-1]
         buffer.spill_at, buffer.pushes, buffer._bound_bits = list(self._spill_at), self._pushes, self._bound
         ops = self._arithmetic(buffer, _RangeGuard())
         ops.n_mul = self.n_mul

@@ -227,6 +227,19 @@ class BitBuffer:
         """Every stored word (spilled first), for saving and for measuring the cost."""
         return [*self.stack, self.word]
 
+    def packed_words(self) -> list[torch.Tensor]:
+        """:meth:`words` with the current word in the narrowest integer dtype its bound allows (a shallow
+        stack fills a few bits of it: int8 up to 7, int16 up to 15, int32 up to 31). No host synchronisation:
+        the running bound decides. Undo with :meth:`unpack_words`."""
+        for dtype, bits in ((torch.int8, 7), (torch.int16, 15), (torch.int32, 31)):
+            if self._bound_bits <= bits:
+                return [*self.stack, self.word.to(dtype)]
+        return self.words()
+
+    @staticmethod
+    def unpack_words(words: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [*words[:-1], words[-1].long()] if words else words
+
     def bits_per_element(self) -> dict:
         """``used``: 64 per spilled word plus ``log2(word + 1)`` averaged over elements; ``allocated``: 64 per
         word held."""
