@@ -138,10 +138,11 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 
 def _flatness(results: dict, stack: str, method: str) -> dict:
-    """Saved bytes flat in depth apart from the bit buffer: every increment over the shallowest depth is a
-    whole number of buffer words (one int64 per state element)."""
+    """Saved bytes flat in depth apart from the bit buffer: every increment over the shallowest depth is whole
+    per-element buffer words (one integer per state element: int64 when spilled, the current word int8 to
+    int64 as its bound grows), so a multiple of the element count; the note gives it in bytes per element."""
     spec = next(s for s in results["plan"]["stacks"] if s["name"] == stack)
-    word = 8 * int(np.prod(spec["input_shape"]))
+    elements = int(np.prod(spec["input_shape"]))
     worst_rest, notes = None, []
     for gamma in sorted({r["gamma"] for r in _rows(results, "saved_bytes", stack=stack, method=method)}):
         rows = sorted((r for r in _rows(results, "saved_bytes", stack=stack, method=method, gamma=gamma) if _ok(r)),
@@ -149,15 +150,15 @@ def _flatness(results: dict, stack: str, method: str) -> dict:
         if len(rows) < 2:
             continue
         base = rows[0]["value"]
-        words = []
+        grown = []
         for r in rows[1:]:
             extra = r["value"] - base
-            rest = extra % word if extra >= 0 else abs(extra)
+            rest = extra % elements if extra >= 0 else abs(extra)
             worst_rest = rest if worst_rest is None else max(worst_rest, rest)
-            words.append(f"{extra // word:+d}" if extra >= 0 else f"{extra:+d} B")
-        notes.append(f"gamma {gamma}: words {', '.join(words)} over depth {rows[0]['depth']}")
-    return _target("memory_flat", f"{method} saved bytes flat in depth except whole bit-buffer words "
-                   "(bytes of growth that are not whole words)", stack, method, worst_rest, 0, "<=",
+            grown.append(f"{extra // elements:+d} B/element at depth {r['depth']}" if extra >= 0 else f"{extra:+d} B")
+        notes.append(f"gamma {gamma}: {', '.join(grown)} over depth {rows[0]['depth']}")
+    return _target("memory_flat", f"{method} saved bytes flat in depth except bit-buffer words "
+                   "(bytes of growth that are not whole per-element words)", stack, method, worst_rest, 0, "<=",
                    "; ".join(notes) if notes else "fewer than two depths measured")
 
 
