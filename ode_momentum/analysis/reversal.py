@@ -1,6 +1,7 @@
-"""Measure what reversal costs and how well it works: float drift per step, exact-mode round trips and bits.
+"""Measure what reversal costs and how well it works: float drift per step, changed branches of piecewise
+functions, exact-mode round trips and bits.
 
-Both helpers take a layer (``MomentumResNet`` or ``MomentumODE``) and an input, run the layer's own solve
+The helpers take a layer (``MomentumResNet`` or ``MomentumODE``) and an input, run the layer's own solve
 (its ``trajectory``) forward while keeping every state, then run the integrator's inverse and compare each
 reconstructed state with the forward's. They are measurement tools: they keep all states on purpose.
 """
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from ..gradients.exact import ExactOptions, FixedPointSystem
+from ..gradients.replay_state import buffers_unchanged
+from ..gradients.reversible import ROUNDING_TIE_ULPS, decisions_of, unit_roundoff
 from ..gradients.trajectory import Trajectory, run_forward
 
 
@@ -40,6 +43,43 @@ class DriftReport:
     def input_error(self) -> float:
         """Relative error of the reconstructed input ``x_0``."""
         return self.relative_error[0]
+
+
+@dataclass(frozen=True)
+class BranchFlipReport:
+    """Branch decisions of piecewise operations (ReLU masks, max-pool indices, ...) that float reversal
+    changes, per step.
+
+    Attributes
+    ----------
+    steps : list of int
+        ``n`` (step index, 0 = the first residual evaluation's step).
+    flips : list of int
+        Decisions of step ``n``'s residual evaluations that differ between the forward (at ``x_n``) and the
+        recomputation at the reconstructed state (elementwise count).
+    decisions : list of int
+        Decisions made by step ``n``'s residual evaluations.
+    relative_error : list of float
+        ``max|x_n_rec - x_n| / max|x_n|``.
+    dtype : str
+    """
+
+    steps: list
+    flips: list
+    decisions: list
+    relative_error: list
+    dtype: str
+
+    @property
+    def total_flips(self) -> int:
+        return sum(self.flips)
+
+    @property
+    def beyond_rounding(self) -> list:
+        """Steps with flips whose reconstruction error exceeds ``ROUNDING_TIE_ULPS`` unit roundoffs: those the
+        ``reversible`` mode reports (up to its estimate of the error)."""
+        tie = ROUNDING_TIE_ULPS * unit_roundoff(getattr(torch, self.dtype))
+        return [n for n, f, e in zip(self.steps, self.flips, self.relative_error) if f and e > tie]
 
 
 @dataclass(frozen=True)
@@ -117,6 +157,57 @@ def reconstruction_drift(layer, x: torch.Tensor, v0: torch.Tensor | None = None)
     return DriftReport(list(range(traj.n_steps + 1)), errors, growth, str(x.dtype).replace("torch.", ""))
 
 
+def branch_flips(layer, x: torch.Tensor, v0: torch.Tensor | None = None) -> BranchFlipReport:
+    """Count, step by step, the branch decisions that float reversal of ``layer``'s solve changes.
+
+    Every residual evaluation of the forward and of the inverse runs with autograd on (its graph is dropped at
+    once) so that :func:`~ode_momentum.gradients.reversible.decisions_of` can read the decisions of its
+    piecewise operations; the two are compared elementwise. Module buffers (BatchNorm statistics) are
+    restored afterwards. The residual functions must be deterministic (no dropout).
+
+    Parameters
+    ----------
+    layer : MomentumResNet or MomentumODE
+    x : Tensor, shape ``(batch, *features)``, floating
+        The input; the reversal runs in its dtype.
+    v0 : Tensor, optional
+        Initial velocity (default: the layer's own).
+
+    Returns
+    -------
+    BranchFlipReport
+    """
+    traj, x, v0 = _trajectory(layer, x, v0)
+    N = traj.n_steps
+    seen: list[list] = [[] for _ in range(N)]
+
+    def recording(n, out_list):
+        def func(t, z):
+            with torch.enable_grad():
+                f = traj.funcs[n](t, z.detach().requires_grad_())
+            out_list.append([d.detach().clone() for d in decisions_of(f)])
+            return f.detach()
+        return func
+
+    with buffers_unchanged(traj.root), torch.no_grad():
+        states = [(x, v0)]
+        X, V = x, v0
+        for n in range(N):
+            X, V = traj.integrator.step(recording(n, seen[n]), X, V, traj.spans[n])
+            states.append((X, V))
+        flips, decisions, errors = [0] * N, [0] * N, [0.0] * N
+        for n in range(N - 1, -1, -1):
+            again: list = []
+            X, V = traj.integrator.inverse_step(recording(n, again), X, V, traj.spans[n])
+            ref = states[n][0]
+            errors[n] = float((X - ref).abs().max()) / (float(ref.abs().max()) or 1.0)
+            for fwd, bwd in zip(seen[n], reversed(again)):  # the inverse evaluates in reverse order
+                for a, b in zip(fwd, bwd):
+                    decisions[n] += a.numel()
+                    flips[n] += int((a != b).sum()) if a.shape == b.shape else a.numel()
+    return BranchFlipReport(list(range(N)), flips, decisions, errors, str(x.dtype).replace("torch.", ""))
+
+
 @torch.no_grad()
 def exact_round_trip(layer, x: torch.Tensor, v0: torch.Tensor | None = None, options: ExactOptions | None = None):
     """Run ``layer``'s solve in the exact mode's fixed point, then invert it step by step.
@@ -166,4 +257,12 @@ def _forward_states(traj: Trajectory, x, v, **kwargs):
     return list(zip(xs, vs))
 
 
-__all__ = ["DriftReport", "ExactRoundTrip", "buffer_bound", "exact_round_trip", "reconstruction_drift"]
+__all__ = [
+    "BranchFlipReport",
+    "DriftReport",
+    "ExactRoundTrip",
+    "branch_flips",
+    "buffer_bound",
+    "exact_round_trip",
+    "reconstruction_drift",
+]
