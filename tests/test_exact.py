@@ -351,6 +351,22 @@ def test_auto_picks_float_reversal_when_its_drift_is_tiny():
     assert math.isclose(shallow.effective_gamma, 0.9, rel_tol=0, abs_tol=2**-31)
 
 
+def test_auto_takes_the_exact_mode_for_branchy_float32_residuals():
+    """A ReLU residual in float32 flips branches under tiny reconstruction errors: auto picks exact even where
+    the predicted drift is small; in float64 (rounding 2^29 times smaller) float reversal stays."""
+    torch.manual_seed(0)
+    relu = [nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)) for _ in range(4)]
+    x = torch.randn(4, 8)
+    net = om.MomentumResNet(relu, 0.9, gradient="auto")
+    assert saved_tensor_bytes(net, x.clone().requires_grad_()) == x.numel() * (2 * 8 + 1)  # X_N, V_N, int8 word
+    net64 = copy.deepcopy(net).double()
+    assert saved_tensor_bytes(net64, x.double().requires_grad_()) == x.numel() * (3 * 8)  # x0, x_N, v_N float64
+    xr, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    net(xr).sum().backward()
+    om.MomentumResNet(relu, 0.9, gradient="exact")(xe).sum().backward()
+    assert torch.equal(xr.grad, xe.grad)
+
+
 @pytest.mark.parametrize("depth, word_bytes", [(4, 1), (12, 2), (24, 4), (40, 8)])
 def test_the_buffer_word_is_saved_in_the_narrowest_type_its_bound_allows(depth, word_bytes):
     """At most one bit per layer at gamma >= 1/2, so a stack of depth N <= 7 / 15 / 31 needs an int8 / int16 /
