@@ -5,8 +5,8 @@
 #   - forward+backward time ratios against our backprop (synchronised wall clock, interleaved pairs),
 #     depths 32 and 128, float32 and bfloat16;
 #   - gradient error against float64 backprop at depth 128, gamma 0.9, float32 and bfloat16.
-# Designed to finish in under 5 minutes on one current data-centre GPU (the first exact_fused call compiles
-# its kernels, about a minute of that). Results: OUT/bench.json, OUT/benchmarks.md and the PNG figures.
+# Designed to finish in under 5 minutes on one current data-centre GPU (on CUDA the exact mode runs its
+# eager integer kernels; the native C ones are CPU-only). Results: OUT/bench.json, OUT/benchmarks.md and the PNG figures.
 #
 # Usage:   benchmarks/gpu.sh [OUT]          (default OUT: benchmarks/results/gpu)
 # Env:     PYTHON (default: python), BENCH_TIMEOUT_S (default 600: a hard stop, twice the design time)

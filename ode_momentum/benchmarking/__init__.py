@@ -1,7 +1,7 @@
 """The measurement harness: ``ode-momentum bench [--quick] --out DIR``.
 
-Compares our gradient modes (``backprop``, ``reversible``, ``checkpoint``, ``exact``, ``exact`` with fused
-kernels when available) with the reference package ``momentumnet`` 0.10 (both modes), torchdiffeq's
+Compares our gradient modes (``backprop``, ``reversible``, ``checkpoint``, ``exact``, and ``exact`` with its
+eager torch kernels instead of the native ones) with the reference package ``momentumnet`` 0.10 (both modes), torchdiffeq's
 ``odeint`` and ``odeint_adjoint`` on the first-order form, and ``torch.utils.checkpoint``, over MLP and conv
 stacks: saved-activation bytes, peak memory, forward+backward time ratios, gradient errors; plus a
 work-precision comparison of the integrators. Writes ``bench.json``, PNG figures and ``benchmarks.md``
