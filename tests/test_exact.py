@@ -367,17 +367,19 @@ def test_auto_takes_the_exact_mode_for_branchy_float32_residuals():
     assert torch.equal(xr.grad, xe.grad)
 
 
-@pytest.mark.parametrize("depth, word_bytes", [(4, 1), (12, 2), (24, 4), (40, 8)])
-def test_the_buffer_word_is_saved_in_the_narrowest_type_its_bound_allows(depth, word_bytes):
-    """At most one bit per layer at gamma >= 1/2, so a stack of depth N <= 7 / 15 / 31 needs an int8 / int16 /
-    int32 word; past 31 pushes (below the first spill check at 62) the word stays int64."""
+@pytest.mark.parametrize("depth, gamma, word_bytes", [(4, 0.9, 1), (7, 0.5, 1), (40, 0.5, 8), (200, 0.999, 1)])
+def test_the_buffer_word_is_saved_in_the_narrowest_type_that_holds_it(depth, gamma, word_bytes):
+    """At most one bit per layer at gamma >= 1/2, so a stack of up to 7 layers needs an int8 word whatever its
+    values; at gamma 0.5 every multiply stores a bit (blocks of exactly two inputs), so 40 layers need int64;
+    at gamma 0.999 a bit is stored with probability about 2 (1 - gamma) = 0.002 per layer, so 200 layers fill
+    a few bits and the largest entry fits int8."""
     torch.manual_seed(1)
-    net = om.MomentumResNet([mlp(8) for _ in range(depth)], 0.9, gradient="exact")
+    net = om.MomentumResNet([mlp(8) for _ in range(depth)], gamma, gradient="exact")
     x = torch.randn(4, 8)
     assert saved_tensor_bytes(net, x.clone().requires_grad_()) == x.numel() * (2 * 8 + word_bytes)
     xr = x.clone().requires_grad_()
     net(xr).sum().backward()  # the narrowed word reconstructs exactly (checksums, empty buffer)
-    ref = om.MomentumResNet(net.functions, 0.9, gradient="backprop")
+    ref = om.MomentumResNet(net.functions, gamma, gradient="backprop")
     xb = x.clone().requires_grad_()
     ref(xb).sum().backward()
     assert torch.allclose(xr.grad, xb.grad, rtol=1e-4, atol=1e-6)  # float32: fixed point vs float rounding

@@ -228,11 +228,15 @@ class BitBuffer:
         return [*self.stack, self.word]
 
     def packed_words(self) -> list[torch.Tensor]:
-        """:meth:`words` with the current word in the narrowest integer dtype its bound allows (a shallow
-        stack fills a few bits of it: int8 up to 7, int16 up to 15, int32 up to 31). No host synchronisation:
-        the running bound decides. Undo with :meth:`unpack_words`."""
+        """:meth:`words` with the current word in the narrowest integer dtype that holds its largest entry
+        (a shallow or lightly damped stack fills a few bits of it: int8 up to 7, int16 up to 15, int32 up to
+        31). Where the running bound fits int8, no host synchronisation; otherwise one, per forward, reads
+        the largest entry. Undo with :meth:`unpack_words`."""
+        if self._bound_bits <= 7:
+            return [*self.stack, self.word.to(torch.int8)]
+        top = int(self.word.max()) if self.word.numel() else 0
         for dtype, bits in ((torch.int8, 7), (torch.int16, 15), (torch.int32, 31)):
-            if self._bound_bits <= bits:
+            if top < 2**bits:
                 return [*self.stack, self.word.to(dtype)]
         return self.words()
 
