@@ -36,7 +36,6 @@ pretrained ResNet, first block of each stage kept); the ``momentumnet`` package'
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
@@ -90,9 +89,9 @@ class MomentumLayers(nn.Module):
 
     The encoder's nested-tensor path (eval mode, no gradients, a padding mask) hands over a nested tensor;
     the momentum stack runs on its padded form with the padding mask rebuilt from the sequence lengths and
-    returns a nested tensor again. While gradients are enabled, the blocks run with PyTorch's fused
-    attention fast path switched off, so that the recomputation of a memory-free backward (which always
-    takes the standard path) sees the same arithmetic as the forward.
+    returns a nested tensor again. A memory-free forward evaluates every block as its backward will (autograd
+    on, an input that requires grad), so PyTorch's fused attention fast path, taken only without gradients,
+    is never used there and the recomputation sees the forward's arithmetic.
     """
 
     def __init__(self, first: nn.Module | None, momentum: MomentumResNet):
@@ -131,8 +130,7 @@ class MomentumLayers(nn.Module):
             x = torch.nested.to_padded_tensor(x, 0.0)  # (batch, max length, features)
             positions = torch.arange(x.shape[1], device=x.device)
             kwargs = {**kwargs, "src_key_padding_mask": positions >= torch.tensor(lengths, device=x.device)[:, None]}
-        with _mha_fastpath_off() if torch.is_grad_enabled() else contextlib.nullcontext():
-            x = self.momentum(x, *args, **kwargs)
+        x = self.momentum(x, *args, **kwargs)
         if lengths is not None:
             x = torch.nested.as_nested_tensor([x[i, :n] for i, n in enumerate(lengths)])
         return x
@@ -140,16 +138,6 @@ class MomentumLayers(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         _rename_plain_keys(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def _mha_fastpath_off():
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 _STAGE_TYPES = (MomentumStage, MomentumLayers)
