@@ -42,7 +42,7 @@ from .linear import (
     psi_matrix,
     representable,
 )
-from .memory import saved_tensor_bytes
+from .memory import saved_tensor_bytes, saved_tensors
 from .reversal import DriftReport, ExactRoundTrip, buffer_bound, exact_round_trip, reconstruction_drift
 from .problems import Problem, damped_oscillator, forced_pendulum
 from .tidy import Table
@@ -103,6 +103,7 @@ __all__ = [
     "revnet_iterates",
     "revnet_layer_det",
     "saved_tensor_bytes",
+    "saved_tensors",
     "step_limit_study",
     "work_precision",
 ]

@@ -36,6 +36,12 @@ def saved_tensor_bytes(fn: Callable, *args, **kwargs) -> int:
     ----------
     ``docs/architecture.md`` (Measuring); PyTorch's saved-tensor hooks tutorial.
     """
+    return int(sum(t.untyped_storage().nbytes() for t in saved_tensors(fn, *args, **kwargs)))
+
+
+def saved_tensors(fn: Callable, *args, **kwargs) -> list[torch.Tensor]:
+    """The tensors :func:`saved_tensor_bytes` counts: one (detached) per storage still held by the graph that
+    ``fn(*args, **kwargs)`` returns, parameters excluded, in the order autograd first saved them."""
     excluded = set()
     for obj in (fn, *args, *kwargs.values()):
         if isinstance(obj, nn.Module):
@@ -55,12 +61,11 @@ def saved_tensor_bytes(fn: Callable, *args, **kwargs) -> int:
         box = ref()
         if box is None:
             continue
-        t = box.tensor
-        key = _storage_key(t)
-        if key not in excluded:
-            seen[key] = t.untyped_storage().nbytes()
+        key = _storage_key(box.tensor)
+        if key not in excluded and key not in seen:
+            seen[key] = box.tensor
     del out
-    return int(sum(seen.values()))
+    return list(seen.values())
 
 
 class _Held:

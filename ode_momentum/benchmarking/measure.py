@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..analysis.memory import saved_tensor_bytes
+from ..analysis.memory import saved_tensor_bytes, saved_tensors
 from .stacks import parameters
 
 
@@ -47,41 +46,15 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
 def saved_tensor_summary(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], int]:
     """What :func:`saved_bytes` counts, by kind: ``({"int64[256, 64]": count, ...}, total bytes)``.
 
-    The rule of ``ode_momentum.analysis.saved_tensor_bytes`` (tensors still held by the returned graph, once
-    per storage, parameters excluded), in a second forward: saved-tensor hooks do not nest, so the two cannot
-    share one pass. The runner checks that the totals agree.
+    ``ode_momentum.analysis.saved_tensors`` in a second forward (saved-tensor hooks do not nest, so the two
+    cannot share one pass); the runner checks that the totals agree.
     """
-    excluded = {(p.untyped_storage().data_ptr(), p.device) for p in model.parameters()}
-    held: list[weakref.ref] = []
-
-    class Box:
-        __slots__ = ("tensor", "__weakref__")
-
-        def __init__(self, t):
-            self.tensor = t.detach()  # see analysis.memory._Held: no cycle through the graph
-
-    def pack(t: torch.Tensor):
-        box = Box(t)
-        if not isinstance(t, nn.Parameter):
-            held.append(weakref.ref(box))
-        return box
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
-        out = model(x)
-    seen: dict = {}
-    for ref in held:
-        box = ref()
-        if box is None:
-            continue
-        t = box.tensor
-        key = (t.untyped_storage().data_ptr(), t.device)
-        if key not in excluded and key not in seen:
-            seen[key] = (f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}", t.untyped_storage().nbytes())
-    del out
+    tensors = saved_tensors(model, x)
+    kinds = [f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}" for t in tensors]
     summary: dict[str, int] = {}
-    for kind, _ in seen.values():
+    for kind in kinds:
         summary[kind] = summary.get(kind, 0) + 1
-    total = sum(nbytes for _, nbytes in seen.values())
+    total = sum(t.untyped_storage().nbytes() for t in tensors)
     return dict(sorted(summary.items(), key=lambda kv: -kv[1])), int(total)
 
 
