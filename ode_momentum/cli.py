@@ -126,8 +126,8 @@ def _add_fit(commands) -> None:
         "--gradient",
         choices=GRADIENTS,
         default=None,
-        help="how to differentiate the momentum stage (default: reversible; the first-order models always "
-        "backprop)",
+        help="how to differentiate the momentum stage (default: auto, which takes exact for the ReLU residuals; "
+        "the first-order models always backprop)",
     )
     p.add_argument("--epochs", type=int, default=unset, help=f"passes over the training set (default: {d.epochs})")
     p.add_argument("--batch-size", type=int, default=unset, help=f"mini-batch size (default: {d.batch_size})")

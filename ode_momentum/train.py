@@ -74,7 +74,7 @@ class FitConfig:
     depth: int = 8  # residual functions (momentum, resnet) or Euler steps of the tied field (node)
     width: int = 64  # features of the residual stage (the 64 pixels are mapped to it by a Linear)
     gamma: float = 0.9  # momentum coefficient of "momentum" (the paper's value); ignored by the others
-    gradient: str | None = None  # a key of ode_momentum.GRADIENTS; None: "reversible" for "momentum",
+    gradient: str | None = None  # a key of ode_momentum.GRADIENTS; None: "auto" for "momentum" (exact: ReLU),
     # "backprop" for the first-order models (the only mode they have)
     epochs: int = 20  # passes over the 1437 training images; test accuracy plateaus at about 98% by 15-20
     batch_size: int = 64  # 23 AdamW steps per epoch
@@ -129,7 +129,7 @@ class FitConfig:
         """The gradient actually used: ``gradient``, or its default for ``model``."""
         if self.gradient is not None:
             return self.gradient
-        return "reversible" if self.model == "momentum" else "backprop"
+        return "auto" if self.model == "momentum" else "backprop"
 
     def to_dict(self) -> dict:
         """Plain dict (``out`` as a str) that ``FitConfig(**d)`` turns back into this config."""
@@ -261,7 +261,7 @@ def fit(config: FitConfig, *, checkpoint: dict | None = None) -> dict:
     ``lr`` to 0 over the run; train and test accuracy are measured (in eval mode) after every epoch. The
     activation memory of the residual stage is the bytes autograd saves for backward in one training-mode
     forward of the stage alone on the first training batch (``analysis.saved_tensor_bytes``; parameters
-    excluded): ``O(depth)`` for backprop, independent of depth for the reversible gradient.
+    excluded): ``O(depth)`` for backprop, independent of depth for the memory-free gradients.
 
     After every epoch ``checkpoint.pt`` is replaced atomically (a temporary file in the same folder, flushed,
     fsynced, renamed over the old one) by the model, the AdamW and cosine-schedule states, the state of the

@@ -44,13 +44,14 @@ def test_fit_writes_metrics_with_every_key(quick_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= metrics.keys()
     assert (metrics["model"], metrics["gradient"], metrics["depth"], metrics["epochs"]) == (
-        "momentum", "reversible", 3, 2,
+        "momentum", "auto", 3, 2,
     )
     assert len(metrics["history"]) == 2
     assert all(HISTORY_KEYS <= record.keys() for record in metrics["history"])
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    # reversible: x_0, x_N and v_N of one batch of 128 x 16 float32, whatever the depth
-    assert metrics["activation_bytes"] == 3 * 128 * 16 * 4
+    # auto takes exact for the ReLU residuals: X_N, V_N (int64) and the bit buffer's word, int8 at 3 layers,
+    # of one batch of 128 x 16, whatever the depth
+    assert metrics["activation_bytes"] == 128 * 16 * (2 * 8 + 1)
 
 
 def test_fit_checkpoint_reloads_with_the_same_predictions(quick_run):
@@ -85,7 +86,7 @@ def test_fit_prints_an_aligned_table(quick_run):
     lines = stdout.splitlines()
     header, row = lines[0], lines[1]
     assert header.split()[:3] == ["model", "gradient", "depth"]
-    assert row.split()[:3] == ["momentum", "reversible", "3"]
+    assert row.split()[:3] == ["momentum", "auto", "3"]
     # the columns line up: every right-aligned number ends where its header ends
     assert header.index("params") + len("params") == len(row)
 
@@ -109,7 +110,7 @@ def test_fit_momentum_with_every_gradient_mode(gradient, tmp_path, capsys):
 def test_fit_compare_trains_both_models_side_by_side(tmp_path, capsys):
     assert main(["fit", *QUICK, "--compare", "--out", str(tmp_path)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:3]]
-    assert [row[:2] for row in rows] == [["momentum", "reversible"], ["resnet", "backprop"]]
+    assert [row[:2] for row in rows] == [["momentum", "auto"], ["resnet", "backprop"]]
     momentum = json.loads((tmp_path / "momentum" / "metrics.json").read_text())
     resnet = json.loads((tmp_path / "resnet" / "metrics.json").read_text())
     assert momentum["n_parameters"] == resnet["n_parameters"]

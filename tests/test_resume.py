@@ -231,7 +231,7 @@ def cli_error(capsys, *argv) -> str:
         # explicit options that disagree with the stored run, including a default value (--gamma 0.9)
         (["--gamma", "0.9"], r"--gamma = 0\.9 \(the run has 0\.8\)\. Leave it out to resume"),
         (["--depth", "5", "--seed", "1"], r"--depth = 5 \(the run has 3\); --seed = 1 \(the run has 0\)"),
-        (["--gradient", "exact"], r"--gradient = 'exact' \(the run has 'reversible'\)"),
+        (["--gradient", "exact"], r"--gradient = 'exact' \(the run has 'auto'\)"),
         (["--out", "elsewhere"], r"continues the run in .* and writes there; drop --out"),
         (["--compare"], r"a --compare run is two: resume OUT/momentum and OUT/resnet"),
         (["--arch", "resnet18"], r"--resume applies to the MLP classifier only"),
@@ -249,7 +249,7 @@ def test_resume_rejects_settings_that_would_change_the_run(runs, argv, match, ca
 
 def test_resume_accepts_repeated_settings_and_a_new_thread_count(runs, tmp_path):
     _, interrupted = runs
-    config, checkpoint = resumable(interrupted, gamma=0.8, depth=3, gradient="reversible", threads=2)
+    config, checkpoint = resumable(interrupted, gamma=0.8, depth=3, gradient="auto", threads=2)
     assert config.threads == 2 and config.gamma == 0.8 and checkpoint["epoch"] == 1
 
 
