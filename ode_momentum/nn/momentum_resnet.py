@@ -41,7 +41,8 @@ class MomentumResNet(nn.Module):
         memory independent of depth, reconstruction drift checked in the backward. ``"exact"``: int64 fixed
         point with a bit buffer, gradients exact at any depth (the damping is the dyadic
         :attr:`effective_gamma`). ``"checkpoint"``: float reversal inside stored segments. ``"auto"``:
-        ``"reversible"`` when its predicted drift is tiny, else ``"exact"``. ``"backprop"``: plain autograd
+        ``"reversible"`` for float64 states whose predicted drift stays within 32 unit roundoffs, else
+        ``"exact"`` (:class:`~ode_momentum.gradients.exact.AutoOptions`). ``"backprop"``: plain autograd
         (memory grows with depth).
     gradient_options : dict, optional
         Options of the gradient mode, e.g. ``{"drift_tol": 1e-6, "on_drift": "raise"}`` (reversible),
