@@ -383,3 +383,13 @@ def test_momentum_resnet_v_shape_differs_from_x():
     x, _ = state()
     with pytest.raises(ValueError, match=r"`v` must have the shape of `x`"):
         net.forward_state(x, torch.zeros(1, 2, dtype=DTYPE))
+
+
+@pytest.mark.parametrize("gradient", ["reversible", "exact", "checkpoint", "auto"])
+def test_double_backward_is_refused_not_silently_wrong(gradient):
+    """create_graph=True (a gradient penalty) cannot be honoured by a recomputing backward: an error, not a
+    gradient without a graph whose second-order term would silently vanish."""
+    net = om.MomentumResNet([nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3)], 0.9, gradient=gradient)
+    loss = net(torch.randn(2, 4)).square().sum()
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice.*gradient=\"backprop\""):
+        torch.autograd.grad(loss, list(net.parameters()), create_graph=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._checks import internal_assert
 from ..integrators import LastCall
@@ -114,8 +113,14 @@ class _ReversalSolve(torch.autograd.Function):
         return _decoded(system, xs), _decoded(system, vs)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_xs, grad_vs):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient of the gradient was asked for
+            raise RuntimeError(
+                "a memory-free gradient mode cannot be differentiated twice (create_graph=True, e.g. for a "
+                "gradient penalty or a Hessian-vector product): its backward recomputes the states outside "
+                'autograd, so the returned gradient would carry no graph and the second derivative would be '
+                'silently missing. Use gradient="backprop" for double backward.'
+            )
         run: _Run = ctx.run
         X, V, *saved = ctx.saved_tensors
         reverse = run.system.start_backward(saved)
