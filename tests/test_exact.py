@@ -376,3 +376,30 @@ def test_the_buffer_word_is_saved_in_the_narrowest_type_that_holds_it(depth, gam
     xb = x.clone().requires_grad_()
     ref(xb).sum().backward()
     assert torch.allclose(xr.grad, xb.grad, rtol=1e-4, atol=1e-6)  # float32: fixed point vs float rounding
+
+
+def test_float16_states_decode_without_overflow():
+    """The fixed-point state is about |x| 2^44: decoding it straight to float16 (max 65504) overflowed to inf.
+    Now float16 outputs and gradients match float64 backprop to float16 rounding (2^-11 = 4.9e-4 per
+    operation; 1e-2 leaves room for a few layers), and inference equals the training forward."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3)]
+    x = torch.randn(2, 4) * 0.5
+    net16 = om.MomentumResNet(copy.deepcopy(blocks), 0.9, gradient="exact").half()
+    x16 = x.half().requires_grad_()
+    y16 = net16(x16)
+    y16.float().square().sum().backward()
+    ref = om.MomentumResNet(copy.deepcopy(blocks), effective_gamma(0.9), gradient="backprop").double()
+    x64 = x.double().requires_grad_()
+    y64 = ref(x64)
+    y64.square().sum().backward()
+    assert torch.allclose(y16.double(), y64, rtol=1e-2, atol=1e-2)
+    assert torch.allclose(x16.grad.double(), x64.grad, rtol=1e-2, atol=1e-2)
+    with torch.no_grad():
+        assert torch.equal(net16(x16), y16.detach())
+
+
+def test_non_finite_input_is_named_in_exact_mode():
+    net = om.MomentumResNet([mlp(4)], 0.9, gradient="exact")
+    with pytest.raises(ValueError, match="`x0` contains nan or inf"):
+        net(torch.tensor([[float("nan"), 0.0, 1.0, 2.0]]))

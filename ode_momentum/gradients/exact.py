@@ -20,6 +20,7 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -353,6 +354,12 @@ class FixedPointSystem:
         limit = 2.0 ** (fp.RANGE_BITS - self.R)
         for name, t in (("x0", x0), ("v0", v0)):
             big = float(t.detach().abs().max()) if t.numel() else 0.0
+            if math.isnan(big) or math.isinf(big):
+                raise FixedPointRangeError(
+                    f"`{name}` contains nan or inf: the exact mode holds the state as fixed-point integers and "
+                    "needs finite values. Find where the non-finite input comes from (e.g. "
+                    "torch.isfinite(x).all()) before the layer."
+                )
             if not big < limit:
                 raise FixedPointRangeError(
                     f"`{name}` has entries of magnitude {big:.4g}, outside the exact mode's range |x| < "

@@ -58,8 +58,17 @@ def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
 
 
 def decode(X: torch.Tensor, frac_bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """``X / 2^R`` in ``dtype``: one rounding of ``X`` to ``dtype``, then an exact power-of-two scaling."""
-    return X.to(dtype) * 2.0**-frac_bits
+    """``X / 2^R`` in ``dtype`` (see :func:`decode_scaled`)."""
+    return decode_scaled(X, 2.0**-frac_bits, dtype)
+
+
+def decode_scaled(X: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """``X scale`` in ``dtype`` for a power-of-two ``scale``: in float32 and float64 one rounding of ``X`` then
+    an exact scaling; narrower floats go through float64 first, since ``X`` itself (about ``|x| 2^R``) would
+    overflow float16."""
+    if dtype in (torch.float32, torch.float64):
+        return X.to(dtype) * scale
+    return (X.double() * scale).to(dtype)
 
 
 def scaled(t: torch.Tensor, c: float, frac_bits: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 
 from . import native
-from .fixed_point import _floor_divmod
+from .fixed_point import _floor_divmod, decode_scaled
 
 KERNELS = ("auto", "eager", "native", "compiled")
 
@@ -120,8 +120,8 @@ class EagerKernels(_Composed):
 
     @staticmethod
     def decode(X, scale: float, dtype: torch.dtype):
-        """``X 2^-R`` in ``dtype``: one rounding, then an exact power-of-two scaling."""
-        return X.to(dtype) * scale
+        """``X 2^-R`` in ``dtype`` (:func:`~ode_momentum.gradients.fixed_point.decode_scaled`)."""
+        return decode_scaled(X, scale, dtype)
 
     @staticmethod
     def checksum(X, V):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from .fixed_point import decode_scaled
+
 SOURCE = Path(__file__).with_name("fixed_point_native.c")
 FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-fno-math-errno",
          "-fno-trapping-math")
@@ -215,7 +217,7 @@ class NativeKernels:
 
     def decode(self, X, scale, dtype):
         if dtype not in (torch.float32, torch.float64):
-            return X.to(dtype) * scale
+            return decode_scaled(X, scale, dtype)
         X = _state(X)
         out = torch.empty(X.shape, dtype=dtype)
         self.lib.decode(X.data_ptr(), out.data_ptr(), int(dtype == torch.float32), scale, X.numel())
