@@ -20,6 +20,7 @@ executes it; :func:`main` dispatches.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +105,7 @@ def _add_fit(commands) -> None:
             "write metrics.json, model.pt and curves.png into --out. Prints a summary table. A checkpoint.pt "
             "after every epoch lets --resume continue an interrupted run; --distributed trains under torchrun."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     # every option records that it was given (namespace.fit_given), whatever its value
     p.register("action", None, _StoreGiven)
@@ -247,11 +248,21 @@ def _config_or_exit(parser: argparse.ArgumentParser, **settings) -> FitConfig:
 
 
 def _as_options(message: str) -> str:
-    """Name the command-line options in a library message: `batch_size` -> --batch-size."""
+    """Name the command-line options in a library message: `batch_size` -> --batch-size, and
+    gradient="backprop" -> --gradient backprop."""
     for name in ("batch_size", "weight_decay", "depth", "width", "gamma", "gradient", "epochs", "lr",
                  "dropout", "seed", "threads", "model", "distributed"):
-        message = message.replace(f"`{name}`", f"--{name.replace('_', '-')}")
+        option = f"--{name.replace('_', '-')}"
+        message = message.replace(f"`{name}`", option)
+        message = re.sub(rf'\b{name}="([^"]*)"', rf"{option} \1", message)
     return message
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` ones (their help says what the default is)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def format_table(rows: Sequence[dict]) -> str:

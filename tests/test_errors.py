@@ -393,3 +393,8 @@ def test_double_backward_is_refused_not_silently_wrong(gradient):
     loss = net(torch.randn(2, 4)).square().sum()
     with pytest.raises(RuntimeError, match="cannot be differentiated twice.*gradient=\"backprop\""):
         torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
+
+
+def test_gradient_options_must_be_a_mapping():
+    with pytest.raises(TypeError, match="`gradient_options` must be a dict of options of gradient='exact'.*got 'fast'"):
+        om.MomentumResNet([nn.Linear(2, 2)], 0.9, gradient="exact", gradient_options="fast")

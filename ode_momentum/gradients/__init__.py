@@ -7,6 +7,7 @@ the time-first ``(xs, vs)``. Front ends validate the mode name and build the opt
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from .._checks import check_choice
 from .backprop import solve_backprop
@@ -39,6 +40,11 @@ def resolve_gradient(gradient: str, options: dict | None):
     """Return ``(solve, options_instance)`` for a mode name and a dict of its options."""
     check_choice("gradient", gradient, GRADIENTS)
     solve, options_class = GRADIENTS[gradient]
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(
+            f"`gradient_options` must be a dict of options of gradient={gradient!r} (or None); got {options!r} "
+            f"({type(options).__name__}). Example: gradient_options={{'on_drift': 'raise'}}."
+        )
     options = dict(options or {})
     known = {f.name for f in dataclasses.fields(options_class)} if dataclasses.is_dataclass(options_class) else set()
     unknown = sorted(set(options) - known)

@@ -138,9 +138,10 @@ def library() -> ctypes.CDLL:
     """The loaded library. Raises ``RuntimeError`` (with the reason) where it cannot be built."""
     lib, why = _load()
     if lib is None:
+        fix = "unset ODE_MOMENTUM_NATIVE" if why.startswith("disabled") else "install a C compiler (gcc or clang)"
         raise RuntimeError(
             f"the exact mode's native kernels are unavailable: {why}. Use gradient_options={{'kernels': "
-            "'eager'}} (same bits, slower), or install a C compiler."
+            f"'eager'}} or 'auto' (same bits, slower), or {fix}."
         )
     return lib
 
