@@ -86,8 +86,8 @@ class AutoOptions(ReversibleOptions):
 
     The rule: float reversal only where it is exact to working precision: a float64 state whose predicted
     reconstruction error ``u * prod_n 1/gamma_n`` stays within ``AUTO_FLOAT_ULPS = 32`` unit roundoffs (at
-    gamma 0.9, up to 32 layers); the exact fixed point everywhere else, float32 included. A reconstruction error
-    far below ``drift_tol`` still flips the branch of any pre-activation that lies closer to a kink (ReLU,
+    gamma 0.9, up to 32 layers); the exact fixed point everywhere else, float32 included. A reconstruction
+    error far below ``drift_tol`` still flips the branch of any pre-activation that lies closer to a kink (ReLU,
     max-pool, a mask ``x * (x > 0)`` that autograd cannot even see), and each flip changes a gradient entry by
     O(1): a float32 Conv-BN-ReLU stack of depth 32 gets 3% input-gradient error with ``x_0`` reconstructed to
     3e-5. Within 32 unit roundoffs such flips are as rare as the rounding ties backprop itself meets.
@@ -109,7 +109,8 @@ def solve_exact(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, options: E
 
 
 def solve_auto(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, options: AutoOptions):
-    """``reversible`` when the predicted float drift is tiny, ``exact`` otherwise (see :class:`AutoOptions`)."""
+    """``reversible`` for a float64 state whose predicted drift stays within ``AUTO_FLOAT_ULPS`` unit roundoffs,
+    ``exact`` otherwise (see :class:`AutoOptions`)."""
     check_reversible(traj.integrator, [span.h for span in traj.spans], "auto")
     if x0.dtype == torch.float64 and predicted_drift(traj, x0.dtype) <= AUTO_FLOAT_ULPS * unit_roundoff(x0.dtype):
         return solve_with_reversal(traj, x0, v0, FloatSystem(traj, options, every=None))
@@ -216,7 +217,8 @@ class FixedPointArithmetic(QuantisedFloat):
             W, peak_inc, peak_v = self.kern.damp_kick_only(V, n, s, self.k, f, scale)
         else:
             self.buffer.reserve(2)
-            W, self.buffer.word, peak_inc, peak_v, total = self.kern.damp_kick2(V, self.buffer.word, n, s, self.k, f, scale)
+            buf = self.buffer
+            W, buf.word, peak_inc, peak_v, total = self.kern.damp_kick2(V, buf.word, n, s, self.k, f, scale)
             self.known.sums(W, total)
         self.guard.record(peak_inc, peak_v)
         return W
