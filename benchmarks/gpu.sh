@@ -16,24 +16,7 @@ cd "$(dirname "$0")/.."
 out="${1:-benchmarks/results/gpu}"
 python="${PYTHON:-python}"
 
-status=0
-"$python" - <<'PY' || status=$?
-import sys
-try:
-    import torch
-except Exception as err:  # noqa: BLE001 -- any import failure means: nothing to run here
-    print(f"benchmarks/gpu.sh: cannot import torch ({err}); nothing was run.", file=sys.stderr)
-    sys.exit(77)
-if not torch.cuda.is_available():
-    print(f"benchmarks/gpu.sh: no CUDA device visible to torch {torch.__version__} (CUDA build: "
-          f"{torch.version.cuda or 'none, a CPU build'}); nothing was run. Run it on a GPU machine; the CPU "
-          "benchmark is `ode-momentum bench --out DIR`.", file=sys.stderr)
-    sys.exit(77)
-print(f"benchmarks/gpu.sh: {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})")
-PY
-if [ "$status" -ne 0 ]; then
-    exit "$status"
-fi
+"$python" benchmarks/cuda_present.py "benchmarks/gpu.sh" 'the CPU benchmark is `ode-momentum bench --out DIR`.' || exit $?
 
 status=0
 timeout "${BENCH_TIMEOUT_S:-600}" "$python" -m ode_momentum.benchmarking --device cuda --out "$out" || status=$?

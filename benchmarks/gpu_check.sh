@@ -17,24 +17,7 @@ python="${PYTHON:-python}"
 # deterministic cuBLAS GEMMs need a fixed workspace, chosen before the first cuBLAS call
 export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
 
-status=0
-"$python" - <<'PY' || status=$?
-import sys
-try:
-    import torch
-except Exception as err:  # noqa: BLE001 -- any import failure means: nothing to run here
-    print(f"benchmarks/gpu_check.sh: cannot import torch ({err}); nothing was run.", file=sys.stderr)
-    sys.exit(77)
-if not torch.cuda.is_available():
-    print(f"benchmarks/gpu_check.sh: no CUDA device visible to torch {torch.__version__} (CUDA build: "
-          f"{torch.version.cuda or 'none, a CPU build'}); nothing was run. Run it on a GPU machine; on the CPU the "
-          "gpu tests skip themselves (`python -m pytest`).", file=sys.stderr)
-    sys.exit(77)
-print(f"benchmarks/gpu_check.sh: {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})")
-PY
-if [ "$status" -ne 0 ]; then
-    exit "$status"
-fi
+"$python" benchmarks/cuda_present.py "benchmarks/gpu_check.sh" 'on the CPU the gpu tests skip themselves (`python -m pytest`).' || exit $?
 
 echo "benchmarks/gpu_check.sh: 1/2 python -m pytest -m gpu"
 tests=0
