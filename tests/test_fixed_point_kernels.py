@@ -219,14 +219,17 @@ def test_continuous_depth_leapfrog_agrees_across_kernels(nat):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own
 def test_compiled_kernels_agree_with_eager():
-    """torch.compile'd kernels (the first call compiles for tens of seconds on a CPU)."""
+    """torch.compile'd kernels (the first call compiles for tens of seconds on a CPU): unit steps (a
+    MomentumResNet) and scaled drifts (leapfrog with h != 1)."""
     torch.manual_seed(2)
     blocks = [_block(8).double() for _ in range(4)]
     x = torch.randn(16, 8, dtype=torch.float64)
-    results = []
-    for kernels in ("eager", "compiled"):
-        net = om.MomentumResNet(blocks, gamma=0.9, gradient="exact", gradient_options={"kernels": kernels})
-        results.append(_grads(net, x))
-    (out_e, grads_e), (out_c, grads_c) = results
-    assert torch.equal(out_e, out_c)
-    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))
+    field = _Field()
+    for make in (
+        lambda kernels: om.MomentumResNet(blocks, gamma=0.9, gradient="exact", gradient_options={"kernels": kernels}),
+        lambda kernels: om.MomentumODE(field, eps=0.3, n_steps=5, gradient="exact",
+                                       gradient_options={"kernels": kernels}),
+    ):
+        (out_e, grads_e), (out_c, grads_c) = (_grads(make(k), x) for k in ("eager", "compiled"))
+        assert torch.equal(out_e, out_c)
+        assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))

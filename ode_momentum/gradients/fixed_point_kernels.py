@@ -27,9 +27,10 @@ from .fixed_point import _floor_divmod, decode_scaled
 KERNELS = ("auto", "eager", "native", "compiled")
 
 
-def _shift(V, h: float):
-    """The drift increment ``h V`` as integers (``V`` itself for ``h == 1``) and its peak before rounding."""
-    if h == 1.0:
+def _shift(V, h):
+    """The drift increment ``h V`` as integers (``V`` itself for ``h == 1``) and its peak before rounding.
+    ``h`` is a float, or a 0-dim float64 tensor (compiled kernels, never 1)."""
+    if isinstance(h, float) and h == 1.0:
         return V, V.abs().amax().double()
     inc = V.double() * h
     return torch.round(inc).long(), inc.abs().amax()
@@ -138,14 +139,10 @@ class CompiledKernels(_Composed):
 
     def __init__(self):
         if not CompiledKernels._compiled:
-            for name in ("damp_push2", "damp_only", "undamp_pop2", "kick", "unkick", "decode", "checksum"):
+            for name in ("damp_push2", "damp_only", "undamp_pop2", "kick", "unkick", "drift", "undrift", "decode",
+                         "checksum"):
                 fn = getattr(EagerKernels, name)
                 CompiledKernels._compiled[name] = torch.compile(fn, dynamic=None, fullgraph=True)
-            CompiledKernels._compiled["drift_unit"] = torch.compile(
-                lambda X, V: EagerKernels.drift(X, V, 1.0), fullgraph=True
-            )
-            CompiledKernels._compiled["drift_scaled"] = torch.compile(_drift_scaled, fullgraph=True)
-            CompiledKernels._compiled["undrift_scaled"] = torch.compile(_undrift_scaled, fullgraph=True)
         self.c = CompiledKernels._compiled
 
     @staticmethod
@@ -167,15 +164,11 @@ class CompiledKernels(_Composed):
     def unkick(self, V, f, scale):
         return self.c["unkick"](V, f, self._t(scale, V, torch.float64))
 
-    def drift(self, X, V, h):
-        if h == 1.0:
-            return self.c["drift_unit"](X, V)
-        return self.c["drift_scaled"](X, V, self._t(h, V, torch.float64))
+    def drift(self, X, V, h):  # h = 1 stays a constant (no rounding); other steps enter as a tensor
+        return self.c["drift"](X, V, h if h == 1.0 else self._t(h, V, torch.float64))
 
     def undrift(self, X, V, h):
-        if h == 1.0:
-            return X - V
-        return self.c["undrift_scaled"](X, V, self._t(h, V, torch.float64))
+        return self.c["undrift"](X, V, h if h == 1.0 else self._t(h, V, torch.float64))
 
     def decode(self, X, scale, dtype):
         return self.c["decode"](X, scale, dtype)
@@ -185,16 +178,6 @@ class CompiledKernels(_Composed):
 
 
 EAGER = EagerKernels()
-
-
-def _drift_scaled(X, V, h):
-    inc = V.double() * h
-    X = X + torch.round(inc).long()
-    return X, inc.abs().amax(), X.abs().amax().double()
-
-
-def _undrift_scaled(X, V, h):
-    return X - torch.round(V.double() * h).long()
 
 
 @lru_cache(maxsize=1)
