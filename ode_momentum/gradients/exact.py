@@ -208,7 +208,7 @@ class FixedPointArithmetic(QuantisedFloat):
     def damp_kick(self, V, g, c, f):
         """``damp`` then ``kick`` as one kernel on the fast path (same bits)."""
         n, negate = self._factor(g)
-        if negate or n == 1 << self.k or not self._fast(n):
+        if negate or not self._fast(n):  # the identity and factors outside [1/2, 1): the primitives
             return self.kick(self.damp(V, g), c, f)
         s = fp.dither(self.n_mul, self.k)
         self.n_mul += 1
@@ -226,7 +226,7 @@ class FixedPointArithmetic(QuantisedFloat):
     def unkick_undamp(self, W, c, f, g):
         """The inverse of :meth:`damp_kick`, as one kernel on the fast path."""
         n, negate = self._factor(g)
-        if negate or n == 1 << self.k or not self._fast(n):
+        if negate or not self._fast(n):  # the identity and factors outside [1/2, 1): the primitives
             return self.undamp(self.unkick(W, c, f), g)
         self.n_mul -= 1
         s = fp.dither(self.n_mul, self.k)
