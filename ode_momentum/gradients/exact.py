@@ -128,12 +128,17 @@ class QuantisedFloat(FloatArithmetic):
 
     def __init__(self, gamma_bits: int):
         self.k = gamma_bits
+        self._coefficients: dict[float, float] = {}  # a solve uses a few distinct factors, at every step
 
     def coefficient(self, g: float) -> float:
-        if g == 1.0 or g == -1.0:
-            return g
-        sign = -1.0 if g < 0 else 1.0
-        return sign * fp.quantise(abs(g), self.k) / 2**self.k
+        q = self._coefficients.get(g)
+        if q is None:
+            if g == 1.0 or g == -1.0:
+                q = g
+            else:
+                q = (-1.0 if g < 0 else 1.0) * fp.quantise(abs(g), self.k) / 2**self.k
+            self._coefficients[g] = q
+        return q
 
 
 class FixedPointArithmetic(QuantisedFloat):
@@ -153,11 +158,15 @@ class FixedPointArithmetic(QuantisedFloat):
         self.kern = kern
         self.dtype = dtype  # of the decoded states the residual functions read
         self.known = _Known() if known is None else known
+        self._factors: dict[float, tuple[int, bool]] = {}
 
     def _factor(self, g: float) -> tuple[int, bool]:
-        n = round(abs(g) * 2**self.k)
-        internal_assert(n == abs(g) * 2**self.k, "damping factors reach the arithmetic quantised")
-        return n, g < 0
+        factor = self._factors.get(g)
+        if factor is None:
+            n = round(abs(g) * 2**self.k)
+            internal_assert(n == abs(g) * 2**self.k, "damping factors reach the arithmetic quantised")
+            factor = self._factors[g] = (n, g < 0)
+        return factor
 
     def _fast(self, n: int) -> bool:
         """Damping factor in [1/2, 1): blocks of at most two inputs, one bit, one kernel."""
@@ -263,7 +272,7 @@ class _Known:
 
     def __init__(self):
         self._decoded: tuple | None = None
-        self._sums: list[tuple[torch.Tensor, int]] = []
+        self._sums: dict[int, tuple[torch.Tensor, int]] = {}  # id -> (tensor, sum), the last few, oldest first
 
     def decoded(self, X: torch.Tensor, x: torch.Tensor) -> None:
         self._decoded = (X, x)
@@ -274,20 +283,23 @@ class _Known:
             return x
         return None
 
-    def sums(self, *pairs) -> None:
-        """Remember ``(tensor, sum)`` pairs (``sum`` None: not known)."""
-        for t, total in zip(pairs[0::2], pairs[1::2]):
-            if total is not None:
-                self._sums = [(t, total)] + self._sums[:3]
+    def sums(self, t: torch.Tensor, total: int | None, u: torch.Tensor | None = None,
+             total_u: int | None = None) -> None:
+        """Remember the sums of ``t`` and ``u`` (a sum of None: not known)."""
+        known = self._sums
+        if total is not None:
+            known[id(t)] = (t, total)
+        if total_u is not None:
+            known[id(u)] = (u, total_u)
+        while len(known) > 4:
+            del known[next(iter(known))]
 
     def sum_of(self, t: torch.Tensor) -> int | None:
-        for u, total in self._sums:
-            if u is t:
-                return total
-        return None
+        entry = self._sums.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
 
     def clear(self) -> None:
-        self._decoded, self._sums = None, []
+        self._decoded, self._sums = None, {}
 
 
 class _RangeGuard:

@@ -29,17 +29,20 @@ class RNGLog:
         self._dev: list[tuple[list[int], list[torch.Tensor]]] = []
         self._index: list[int] = []  # evaluation k -> position of its state in the lists above
         self._use_devices = any(t.device.type not in ("cpu", "meta") for t in tensors)
+        self._last_cpu_bytes = b""  # the last stored CPU state as bytes: compared in a memcmp, not an op
 
     def record(self) -> None:
         if not self.enabled:
             self._index.append(-1)
             return
         cpu = torch.get_rng_state()
+        cpu_bytes = cpu.numpy().tobytes()
         dev = get_device_states(*self._devices_tensors) if self._use_devices else ([], [])
-        if self._cpu and torch.equal(cpu, self._cpu[-1]) and _same_device_states(dev, self._dev[-1]):
+        if self._cpu and cpu_bytes == self._last_cpu_bytes and _same_device_states(dev, self._dev[-1]):
             self._index.append(len(self._cpu) - 1)
             return
         self._cpu.append(cpu)
+        self._last_cpu_bytes = cpu_bytes
         self._dev.append(dev)
         self._index.append(len(self._cpu) - 1)
 
@@ -67,12 +70,15 @@ def _same_device_states(a, b) -> bool:
 
 
 @contextlib.contextmanager
-def buffers_unchanged(module: nn.Module | None):
-    """Restore every buffer of ``module`` on exit (BatchNorm statistics are updated once, in the forward)."""
+def buffers_unchanged(module: nn.Module | None, buffers: list[torch.Tensor] | None = None):
+    """Restore every buffer of ``module`` on exit (BatchNorm statistics are updated once, in the forward).
+
+    ``buffers``, if given, is ``list(module.buffers())`` already collected by the caller.
+    """
     if module is None:
         yield
         return
-    saved = [(b, b.clone()) for b in module.buffers()]
+    saved = [(b, b.clone()) for b in (module.buffers() if buffers is None else buffers)]
     try:
         yield
     finally:
@@ -93,21 +99,34 @@ class AutocastState:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
+def module_members(module: nn.Module | None) -> tuple[list, list[torch.Tensor]]:
+    """One walk over ``module``: its parameter slots ``(submodule, name, parameter)`` and its buffers."""
+    slots, buffers, seen = [], [], set()
+    if module is not None:
+        for sub in module.modules():
+            slots.extend((sub, name, p) for name, p in sub._parameters.items() if p is not None)
+            for b in sub._buffers.values():
+                if b is not None and id(b) not in seen:
+                    seen.add(id(b))
+                    buffers.append(b)
+    return slots, buffers
+
+
 @contextlib.contextmanager
-def parameters_rebound(module: nn.Module | None, aliases: dict[int, torch.Tensor]):
+def parameters_rebound(module: nn.Module | None, aliases: dict[int, torch.Tensor], slots: list | None = None):
     """Within the context, every parameter ``p`` of ``module`` with ``id(p)`` in ``aliases`` reads as its alias.
 
-    Recomputing against detached aliases (rather than the parameters themselves) keeps user hooks on the
+    ``slots``, if given, is ``module_members(module)[0]`` already collected by the caller. Recomputing
+    against detached aliases (rather than the parameters themselves) keeps user hooks on the
     parameters from firing once per layer; the gradients reach the parameters once, from the autograd
     Function. Tied parameters (one object under several names or modules) share one alias. Written here
     because ``torch.func.functional_call`` (torch 2.13) leaves tied parameters as plain tensors on exit.
     """
     swapped = []
     if module is not None and aliases:
-        for sub in module.modules():
-            for name, p in sub._parameters.items():
-                if p is not None and id(p) in aliases:
-                    swapped.append((sub, name, p))
+        if slots is None:
+            slots = module_members(module)[0]
+        swapped = [(sub, name, p) for sub, name, p in slots if id(p) in aliases]
     try:
         for sub, name, p in swapped:
             sub._parameters[name] = aliases[id(p)]

@@ -28,7 +28,7 @@ import torch
 
 from .._checks import internal_assert
 from ..integrators import LastCall
-from .replay_state import AutocastState, RNGLog, buffers_unchanged, parameters_rebound
+from .replay_state import AutocastState, RNGLog, buffers_unchanged, module_members, parameters_rebound
 from .trajectory import CheckedFunc, Trajectory, run_forward, stack_outputs
 
 
@@ -127,8 +127,10 @@ class _ReversalSolve(torch.autograd.Function):
         with torch.no_grad():
             aliases = [p.detach().requires_grad_() for p in run.params]
         sink = _GradSink(aliases + list(run.traj.extras))
-        rebound = parameters_rebound(run.traj.root, {id(p): a for p, a in zip(run.params, aliases)})
-        with run.rng.fork(), buffers_unchanged(run.traj.root), run.autocast(), rebound:
+        root = run.traj.root
+        slots, buffers = module_members(root)
+        rebound = parameters_rebound(root, {id(p): a for p, a in zip(run.params, aliases)}, slots)
+        with run.rng.fork(), buffers_unchanged(root, buffers), run.autocast(), rebound:
             X, V, ax, av = _sweep(run, reverse, X, V, grad_xs, grad_vs, sink)
         reverse.finish(X, V)
         grads = sink.result()
@@ -274,6 +276,18 @@ class _Recorder:
         return out
 
 
+_HOLDS_VARIABLE: dict[type, bool] = {}
+
+
+def _holds_variable(node) -> bool:
+    """Whether a graph node is a leaf accumulator (it has ``.variable``), cached per node type: looking the
+    attribute up on every other node would raise and catch an AttributeError each time."""
+    holds = _HOLDS_VARIABLE.get(type(node))
+    if holds is None:
+        holds = _HOLDS_VARIABLE[type(node)] = hasattr(node, "variable")
+    return holds
+
+
 class _GradSink:
     """Accumulates gradients of the differentiable inputs (parameter aliases, extra tensors)."""
 
@@ -301,7 +315,7 @@ class _GradSink:
             if node is None or node in seen:
                 continue
             seen.add(node)
-            variable = getattr(node, "variable", None)
+            variable = node.variable if _holds_variable(node) else None
             if variable is not None:
                 if variable is xd:
                     continue
