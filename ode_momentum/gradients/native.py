@@ -149,6 +149,13 @@ def library() -> ctypes.CDLL:
 # --- wrappers with the signatures of the eager kernels (fixed_point_kernels.py) ------------------------------
 
 
+# Out-parameter array types, made once: ctypes caches array types only weakly, so `(c_double * 2)()` in a
+# call would make a new type (a reference cycle) per call, left to the cyclic garbage collector.
+_DOUBLES2 = ctypes.c_double * 2
+_INTS1 = ctypes.c_int64 * 1
+_INTS2 = ctypes.c_int64 * 2
+
+
 def _state(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
@@ -194,7 +201,7 @@ class NativeKernels:
 
     def kick(self, V, f, scale):
         V, (f, f32) = _state(V), _floats(f)
-        out, peaks = torch.empty_like(V), (ctypes.c_double * 2)()
+        out, peaks = torch.empty_like(V), _DOUBLES2()
         self.lib.kick(V.data_ptr(), f.data_ptr(), f32, scale, out.data_ptr(), V.numel(), peaks)
         return out, peaks[0], peaks[1]
 
@@ -206,7 +213,7 @@ class NativeKernels:
 
     def drift(self, X, V, h):
         X, V = _state(X), _state(V)
-        out, peaks = torch.empty_like(X), (ctypes.c_double * 2)()
+        out, peaks = torch.empty_like(X), _DOUBLES2()
         self.lib.drift(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), X.numel(), peaks)
         return out, peaks[0], peaks[1]
 
@@ -231,20 +238,20 @@ class NativeKernels:
     def damp_kick2(self, V, word, n, s, k, f, scale):
         V, word, (f, f32) = _state(V), _state(word), _floats(f)
         W, out = torch.empty_like(V), torch.empty_like(word)
-        flags, sums = (ctypes.c_double * 2)(), (ctypes.c_int64 * 1)()
+        flags, sums = _DOUBLES2(), _INTS1()
         self.lib.damp_kick2(V.data_ptr(), word.data_ptr(), f.data_ptr(), f32, scale, W.data_ptr(), out.data_ptr(),
                             V.numel(), n, s, k, flags, sums)
         return W, out, flags[0], flags[1], sums[0]
 
     def damp_kick_only(self, V, n, s, k, f, scale):
         V, (f, f32) = _state(V), _floats(f)
-        W, flags = torch.empty_like(V), (ctypes.c_double * 2)()
+        W, flags = torch.empty_like(V), _DOUBLES2()
         self.lib.damp_kick_only(V.data_ptr(), f.data_ptr(), f32, scale, W.data_ptr(), V.numel(), n, s, k, flags)
         return W, flags[0], flags[1]
 
     def unkick_undamp2(self, W, word, n, s, k, f, scale):
         W, word, (f, f32) = _state(W), _state(word), _floats(f)
-        V, out, sums = torch.empty_like(W), torch.empty_like(word), (ctypes.c_int64 * 1)()
+        V, out, sums = torch.empty_like(W), torch.empty_like(word), _INTS1()
         self.lib.unkick_undamp2(W.data_ptr(), word.data_ptr(), f.data_ptr(), f32, scale, V.data_ptr(),
                                 out.data_ptr(), W.numel(), n, s, k, sums)
         return V, out, sums[0]
@@ -255,7 +262,7 @@ class NativeKernels:
             return X, self.decode(X, scale, dtype), flag_inc, flag_x, None, None
         X, V = _state(X), _state(V)
         out, x = torch.empty_like(X), torch.empty(X.shape, dtype=dtype)
-        flags, sums = (ctypes.c_double * 2)(), (ctypes.c_int64 * 2)()
+        flags, sums = _DOUBLES2(), _INTS2()
         self.lib.drift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
                               int(dtype == torch.float32), scale, X.numel(), flags, sums)
         return out, x, flags[0], flags[1], sums[0], sums[1]
@@ -265,7 +272,7 @@ class NativeKernels:
             X = self.undrift(X, V, h)
             return X, self.decode(X, scale, dtype), None, None
         X, V = _state(X), _state(V)
-        out, x, sums = torch.empty_like(X), torch.empty(X.shape, dtype=dtype), (ctypes.c_int64 * 2)()
+        out, x, sums = torch.empty_like(X), torch.empty(X.shape, dtype=dtype), _INTS2()
         self.lib.undrift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
                                 int(dtype == torch.float32), scale, X.numel(), sums)
         return out, x, sums[0], sums[1]

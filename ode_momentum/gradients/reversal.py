@@ -240,7 +240,13 @@ class _Record:
 
 
 class _Recorder:
-    """The ``func`` handed to ``inverse_step``: evaluates with graph, replays RNG, reuses the last call."""
+    """The ``func`` handed to ``inverse_step``: evaluates with graph, replays RNG, reuses the last call.
+
+    The reuse is :class:`~ode_momentum.integrators.LastCall`'s rule (same ``t`` and ``x`` objects, same
+    value), kept inline: a ``LastCall`` of the bound ``self._evaluate`` stored on ``self`` would be a
+    reference cycle, and every recorder with its last graph would then wait for the cyclic garbage
+    collector, whose full passes cost milliseconds.
+    """
 
     def __init__(self, rng: RNGLog, sink: "_GradSink", decode, adjoint: _Adjoint):
         self.rng = rng
@@ -249,19 +255,21 @@ class _Recorder:
         self.adjoint = adjoint
         self.n_evals = 0
         self._func = None
-        self._memo: LastCall | None = None
+        self._key: tuple | None = None  # (t, x) of the last evaluation of self._func
         self._last: _Record | None = None
 
     def begin_step(self, func, n):
         if func is not self._func:
             self._func = func
-            self._memo = LastCall(self._evaluate)
-            self._last = None
+            self._key = self._last = None
         self._step = n
         self.adjoint.records.clear()
 
     def __call__(self, t, x):
-        self._memo(t, x)
+        key = self._key
+        if key is None or key[0] is not t or key[1] is not x:
+            self._evaluate(t, x)
+            self._key = (t, x)
         value = self._last.out.detach()
         self.adjoint.records[id(value)] = (value, self._last)
         return value
