@@ -9,6 +9,7 @@ change exactly once per step; the autocast state of the forward is re-entered fo
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -99,24 +100,52 @@ class AutocastState:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
-def module_members(module: nn.Module | None) -> tuple[list, list[torch.Tensor]]:
-    """One walk over ``module``: its parameter slots ``(submodule, name, parameter)`` and its buffers."""
-    slots, buffers, seen = [], [], set()
-    if module is not None:
-        for sub in module.modules():
-            slots.extend((sub, name, p) for name, p in sub._parameters.items() if p is not None)
-            for b in sub._buffers.values():
-                if b is not None and id(b) not in seen:
-                    seen.add(id(b))
-                    buffers.append(b)
-    return slots, buffers
+@dataclass
+class ModuleMembers:
+    """What one walk over a module tree finds: parameter slots, unique parameters and unique buffers.
+
+    ``slots`` are ``(submodule, name, parameter)`` for every registration (a tied parameter once per name);
+    ``parameters`` and ``buffers`` hold each tensor once, in the order of ``module.parameters()`` /
+    ``module.buffers()``.
+    """
+
+    slots: list = field(default_factory=list)
+    parameters: list = field(default_factory=list)
+    buffers: list = field(default_factory=list)
+
+
+def module_members(module: nn.Module | None) -> ModuleMembers:
+    """Walk ``module`` once (pre-order, each submodule once, as ``module.modules()``), without the generator
+    chain of ``named_modules`` that costs a millisecond per call on a deep stack."""
+    members = ModuleMembers()
+    if module is None:
+        return members
+    seen_modules, seen = set(), set()
+    stack = [module]
+    while stack:
+        sub = stack.pop()
+        if id(sub) in seen_modules:
+            continue
+        seen_modules.add(id(sub))
+        for name, p in sub._parameters.items():
+            if p is not None:
+                members.slots.append((sub, name, p))
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    members.parameters.append(p)
+        for b in sub._buffers.values():
+            if b is not None and id(b) not in seen:
+                seen.add(id(b))
+                members.buffers.append(b)
+        stack.extend(m for m in reversed(sub._modules.values()) if m is not None)
+    return members
 
 
 @contextlib.contextmanager
 def parameters_rebound(module: nn.Module | None, aliases: dict[int, torch.Tensor], slots: list | None = None):
     """Within the context, every parameter ``p`` of ``module`` with ``id(p)`` in ``aliases`` reads as its alias.
 
-    ``slots``, if given, is ``module_members(module)[0]`` already collected by the caller. Recomputing
+    ``slots``, if given, is ``module_members(module).slots`` already collected by the caller. Recomputing
     against detached aliases (rather than the parameters themselves) keeps user hooks on the
     parameters from firing once per layer; the gradients reach the parameters once, from the autograd
     Function. Tied parameters (one object under several names or modules) share one alias. Written here
@@ -125,7 +154,7 @@ def parameters_rebound(module: nn.Module | None, aliases: dict[int, torch.Tensor
     swapped = []
     if module is not None and aliases:
         if slots is None:
-            slots = module_members(module)[0]
+            slots = module_members(module).slots
         swapped = [(sub, name, p) for sub, name, p in slots if id(p) in aliases]
     try:
         for sub, name, p in swapped:

@@ -28,7 +28,14 @@ import torch
 
 from .._checks import internal_assert
 from ..integrators import LastCall
-from .replay_state import AutocastState, RNGLog, buffers_unchanged, module_members, parameters_rebound
+from .replay_state import (
+    AutocastState,
+    ModuleMembers,
+    RNGLog,
+    buffers_unchanged,
+    module_members,
+    parameters_rebound,
+)
 from .trajectory import CheckedFunc, Trajectory, run_forward, stack_outputs
 
 
@@ -54,7 +61,8 @@ def solve_with_reversal(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, sy
 
     Returns the time-first ``(xs, vs)`` in the dtype of ``x0``.
     """
-    params = traj.trainable()
+    members = module_members(traj.root)
+    params = [p for p in members.parameters if p.requires_grad]  # unique, tied weights once
     inputs = params + list(traj.extras)
     needs_grad = torch.is_grad_enabled() and (
         x0.requires_grad or v0.requires_grad or any(t.requires_grad for t in inputs)
@@ -67,7 +75,7 @@ def solve_with_reversal(traj: Trajectory, x0: torch.Tensor, v0: torch.Tensor, sy
             xs, vs = run_forward(traj, X, V, ops=system.inference_ops(), decode=system.decode)
             system.end_forward()
         return _decoded(system, xs), _decoded(system, vs)
-    return _ReversalSolve.apply(_Run(traj, params, system), x0, v0, *inputs)
+    return _ReversalSolve.apply(_Run(traj, params, members, system), x0, v0, *inputs)
 
 
 def _refuse_hidden_grad(traj: Trajectory, x0: torch.Tensor) -> None:
@@ -83,9 +91,10 @@ def _refuse_hidden_grad(traj: Trajectory, x0: torch.Tensor) -> None:
 class _Run:
     """Non-tensor context of one forward (what the backward needs besides the saved tensors)."""
 
-    def __init__(self, traj: Trajectory, params: list[torch.Tensor], system):
+    def __init__(self, traj: Trajectory, params: list[torch.Tensor], members: ModuleMembers, system):
         self.traj = traj
         self.params = params  # the root's trainable parameters, in the order of the Function's inputs
+        self.members = members  # the root's parameter slots and buffers, found once for forward and backward
         self.system = system
         self.rng: RNGLog | None = None
         self.autocast: AutocastState | None = None
@@ -127,10 +136,9 @@ class _ReversalSolve(torch.autograd.Function):
         with torch.no_grad():
             aliases = [p.detach().requires_grad_() for p in run.params]
         sink = _GradSink(aliases + list(run.traj.extras))
-        root = run.traj.root
-        slots, buffers = module_members(root)
-        rebound = parameters_rebound(root, {id(p): a for p, a in zip(run.params, aliases)}, slots)
-        with run.rng.fork(), buffers_unchanged(root, buffers), run.autocast(), rebound:
+        root, members = run.traj.root, run.members
+        rebound = parameters_rebound(root, {id(p): a for p, a in zip(run.params, aliases)}, members.slots)
+        with run.rng.fork(), buffers_unchanged(root, members.buffers), run.autocast(), rebound:
             X, V, ax, av = _sweep(run, reverse, X, V, grad_xs, grad_vs, sink)
         reverse.finish(X, V)
         grads = sink.result()
@@ -146,15 +154,15 @@ def _sweep(run: _Run, reverse, X, V, grad_xs, grad_vs, sink):
     adjoint = _Adjoint(reverse.ops, grad_xs[k], grad_vs[k], sink)
     k -= 1
     recorder = _Recorder(run.rng, sink, run.system.decode, adjoint)
-    for n in range(traj.n_steps - 1, -1, -1):
-        recorder.begin_step(traj.funcs[n], n)
-        with torch.no_grad():
+    with torch.no_grad():  # the recorder turns autograd on for the residual evaluations only
+        for n in range(traj.n_steps - 1, -1, -1):
+            recorder.begin_step(traj.funcs[n], n)
             X, V = traj.integrator.inverse_step(recorder, X, V, traj.spans[n], ops=adjoint)
             X, V = reverse.after_inverse(n, X, V)
-        if k >= 0 and saves[k] == n:
-            adjoint.ax = adjoint.ax + grad_xs[k]
-            adjoint.av = adjoint.av + grad_vs[k]
-            k -= 1
+            if k >= 0 and saves[k] == n:
+                adjoint.ax = adjoint.ax + grad_xs[k]
+                adjoint.av = adjoint.av + grad_vs[k]
+                k -= 1
     internal_assert(recorder.n_evals == len(run.rng), "the backward replays every forward evaluation once")
     return X, V, adjoint.ax, adjoint.av
 

@@ -55,12 +55,6 @@ class Trajectory:
     def n_steps(self) -> int:
         return len(self.spans)
 
-    def trainable(self) -> list[nn.Parameter]:
-        """Unique trainable parameters of ``root`` (tied weights appear once)."""
-        if self.root is None:
-            return []
-        return [p for p in self.root.parameters() if p.requires_grad]
-
 
 def make_grid(times: list[float], step_size, n_steps, like: torch.Tensor):
     """Steps between output ``times``: returns the spans of every step and the step counts at the outputs.
