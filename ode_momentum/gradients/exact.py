@@ -287,10 +287,10 @@ class _Known:
              total_u: int | None = None) -> None:
         """Remember the sums of ``t`` and ``u`` (a sum of None: not known)."""
         known = self._sums
-        if total is not None:
-            known[id(t)] = (t, total)
-        if total_u is not None:
-            known[id(u)] = (u, total_u)
+        for tensor, value in ((t, total), (u, total_u)):
+            if value is not None:
+                known.pop(id(tensor), None)  # re-inserted: newest last
+                known[id(tensor)] = (tensor, value)
         while len(known) > 4:
             del known[next(iter(known))]
 

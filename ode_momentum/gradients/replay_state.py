@@ -115,8 +115,9 @@ class ModuleMembers:
 
 
 def module_members(module: nn.Module | None) -> ModuleMembers:
-    """Walk ``module`` once (pre-order, each submodule once, as ``module.modules()``), without the generator
-    chain of ``named_modules`` that costs a millisecond per call on a deep stack."""
+    """Walk ``module`` once (pre-order, each submodule once, as ``module.modules()``), without the nested
+    generators of ``named_modules``: about 0.2 ms per ``parameters()`` or ``buffers()`` call on a stack of 32
+    blocks, paid twice per step of a training loop before."""
     members = ModuleMembers()
     if module is None:
         return members

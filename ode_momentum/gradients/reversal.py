@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import internal_assert
-from ..integrators import LastCall
 from .replay_state import (
     AutocastState,
     ModuleMembers,
