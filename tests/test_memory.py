@@ -1,5 +1,7 @@
 """Activation memory: flat in depth for memory-free modes, linear for backprop."""
 
+import gc
+
 import pytest
 import torch
 from torch import nn
@@ -82,8 +84,6 @@ def test_forward_backward_leaves_no_reference_cycles(gradient, dtype):
         net(x.clone().requires_grad_()).square().sum().backward()
 
     step()  # first call: one-time caches (kernel library, types)
-    import gc
-
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
