@@ -134,6 +134,17 @@ def straight_through_forward(net, x, options=ExactOptions()):
     return xt
 
 
+def straight_through_grads(net, x, seed=1):
+    """``grads``' loss through ``straight_through_forward``: returns the output and the input and parameter
+    gradients, the reference the exact mode's gradients must equal bit for bit."""
+    net.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = straight_through_forward(net, x)
+    out.square().mean().backward()
+    return out, [x.grad] + [p.grad for p in net.parameters()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("block", [mlp, mlp_bn_dropout], ids=["mlp", "bn_dropout"])
@@ -144,12 +155,7 @@ def test_gradients_identical_to_autograd_through_the_fixed_point_forward(dtype, 
     reference = copy.deepcopy(exact)
     x = torch.randn(64, 32, dtype=dtype)
     got = grads(exact, x)
-    reference.zero_grad()
-    xr = x.clone().requires_grad_()
-    torch.manual_seed(1)
-    out = straight_through_forward(reference, xr)
-    out.square().mean().backward()
-    want = [xr.grad] + [p.grad for p in reference.parameters()]
+    out, want = straight_through_grads(reference, x)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     for b_exact, b_ref in zip(exact.buffers(), reference.buffers(), strict=True):
         assert torch.equal(b_exact, b_ref)  # BatchNorm statistics updated once per layer, in the forward
