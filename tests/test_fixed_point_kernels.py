@@ -59,6 +59,49 @@ def test_damping_is_the_same_integers_and_inverts(nat, bits, gamma):
         assert torch.equal(back_n, V) and torch.equal(back_word_n, word)  # the exact inverse
 
 
+@pytest.mark.parametrize("gamma", [0.5, 0.9, 1 - 2**-20])
+def test_inverse_multiply_agrees_across_its_fast_and_split_paths(nat, gamma):
+    """The native inverse multiply estimates in double where a block's |W| < 2^49 and splits W otherwise:
+    blocks of 256 that mix both, values at the limit and a ragged tail give the eager kernel's integers."""
+    gen = torch.Generator().manual_seed(5)
+    V = _ints(gen, 256 * 9 + 37, 47)
+    V[300] = 2**49  # block 1: one value just past the fast path's limit
+    V[600] = -(2**49)  # block 2: its negative
+    V[256 * 4 : 256 * 5] = _ints(gen, 256, 61)  # block 4: large values throughout
+    V[-1] = 2**61 + 12345  # the ragged tail
+    V[1000], V[1001] = 2**49 - 1, -(2**49) + 1  # block 3: the largest values the fast path takes
+    word = torch.randint(0, 2**40, V.shape, generator=gen)
+    f = torch.randn(V.shape, generator=gen, dtype=torch.float64)
+    n, scale = fp.quantise(gamma, K), (1 - gamma) * 2.0**44
+    for index in range(4):
+        s = fp.dither(index, K)
+        W, pushed = nat.damp_push2(V, word, n, s, K)
+        assert all(torch.equal(a, b) for a, b in zip(nat.undamp_pop2(W, pushed, n, s, K),
+                                                      EAGER.undamp_pop2(W, pushed, n, s, K)))
+        assert torch.equal(nat.undamp_pop2(W, pushed, n, s, K)[0], V)
+        W, pushed, *_ = nat.damp_kick2(V, word, n, s, K, f, scale)
+        back, back_word, _ = nat.unkick_undamp2(W, pushed, n, s, K, f, scale)
+        assert torch.equal(back, V) and torch.equal(back_word, word)
+        assert torch.equal(back, EAGER.unkick_undamp2(W, pushed, n, s, K, f, scale)[0])
+
+
+# (W, n, s) whose double estimate of floor((W 2^30 - s) / n) is off by +2, +1 and -1: the fast path's three
+# corrections (found by searching with Python floats, which are IEEE doubles like the kernel's). An estimate off
+# by +2 changes the result only through the block test, and only where 2^30 - n is small (gamma near 1).
+_ESTIMATE_OFF = [(-538835561706437, 1073676288, 838311845), (-392273614590920, 1073676288, 435863815),
+                 (-95983375708630, 663608847, 981310507), (-405611205982604, 966367642, 299088013),
+                 (461335267443908, 536870912, 537958267), (453210966844944, 663608847, 1044313370)]
+
+
+@pytest.mark.parametrize("W, n, s", _ESTIMATE_OFF)
+def test_inverse_multiply_corrects_its_double_estimate(nat, W, n, s):
+    assert K == 30
+    W = W + torch.arange(-3, 4)
+    word = torch.arange(7) * 5
+    got, want = nat.undamp_pop2(W, word, n, s, K), EAGER.undamp_pop2(W, word, n, s, K)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [1.0, 0.1 * 2.0**44, 2.0**30])
 def test_kicks_round_half_to_even_like_torch(nat, dtype, scale):

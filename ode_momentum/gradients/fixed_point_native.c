@@ -1,10 +1,10 @@
 /* Native CPU kernels of the exact mode's fixed-point sub-flows (ode_momentum/gradients/fixed_point.py).
  *
- * Each function is one loop over a contiguous int64 state and returns the same integers as the eager
+ * Each function is one pass over a contiguous int64 state and returns the same integers as the eager
  * torch kernels of fixed_point_kernels.py: every result is defined exactly (floor semantics; the
- * derivations are in fixed_point.py), so only speed differs. The loops are branch-free so that the
- * compiler vectorises them; on x86-64 each is cloned for AVX-512 / AVX2 / baseline and the best clone
- * the CPU supports is picked at load time. Built on first use by native.py (no fast-math, no FMA
+ * derivations are in fixed_point.py), so only speed differs. The loops are branch-free (the inverse multiply
+ * picks one of two loops per block of 256) so that the compiler vectorises them; on x86-64 each is cloned
+ * for AVX-512 / AVX2 / baseline and the best clone the CPU supports is picked at load time. Built on first use by native.py (no fast-math, no FMA
  * contraction: the few float operations must round exactly as torch's do) and called through ctypes.
  *
  * Shared contracts: arrays hold `len` elements, are contiguous and do not alias; k is the dyadic exponent
@@ -49,12 +49,12 @@ static inline double flag(int bad, u64 acc) { return (bad || acc >= ((u64)1 << 6
 static inline i64 floor_divmod(i64 num, i64 n, double inv, i64 *rem) {
     i64 q = (i64)((double)num * inv);
     i64 r = num - q * n;
-    i64 low = r < 0;
-    q -= low, r += low * n;
-    low = r < 0;
-    q -= low, r += low * n;
-    const i64 high = r >= n;
-    q += high, r -= high * n;
+    i64 low = -(i64)(r < 0); /* all ones or zero: a mask, not a multiply */
+    q += low, r += low & n;
+    low = -(i64)(r < 0);
+    q += low, r += low & n;
+    const i64 high = -(i64)(r >= n);
+    q -= high, r -= high & n;
     *rem = r;
     return q;
 }
@@ -83,20 +83,73 @@ CLONES void damp_only(const i64 *V, i64 *W, i64 len, i64 n, i64 s, int k) {
     }
 }
 
-/* Inverse of damp_push2. The first input of W's block is lo = ceil((W 2^k - s) / n)
- * = a 2^k - floor((s - b 2^k) / n) with W = a n + b (|s - b 2^k| < 2^(2k) <= 2^60); where the block holds
- * two inputs, the popped bit says which. */
+/* --- the inverse multiply ----------------------------------------------------------------------------------
+ * Inverse of damp_push2: the first input of W's block is lo = ceil((W 2^k - s) / n), and the forward's
+ * remainder there, e = (lo n + s) mod 2^k, says whether the block holds two inputs (e < 2^k - n); if so the
+ * popped bit says which. Two ways to find lo, with the same result: */
+
+/* Any |W| < 2^62: W = a n + b, so lo = a 2^k - floor((s - b 2^k) / n) (|s - b 2^k| < 2^60), and e is that
+ * division's remainder (lo n + s = W 2^k + rem). */
+static inline i64 first_input_split(i64 W, i64 n, i64 s, int k, double inv, i64 *e) {
+    i64 b;
+    const i64 a = floor_divmod(W, n, inv, &b);
+    const i64 c = floor_divmod(s - (i64)((u64)b << k), n, inv, e);
+    return (i64)((u64)a << k) - c;
+}
+
+/* |W| < 2^49 (FAST_LIMIT): t = W 2^k - s, estimated in double as (W 2^k - s) / n with three roundings of
+ * relative size 2^-53 on |t / n| <= 2 |W| + 2, is within 3/8 of t / n, so the truncated estimate q lies in
+ * [Q - 1, Q + 2] (Q = floor(t / n)); r = t - q n is computed modulo 2^64 (its true value lies in (-2n, 2n),
+ * so the wrap is exact), then corrected like floor_divmod's. lo = Q + [r > 0], e = lo n - t. */
+#define FAST_LIMIT ((u64)1 << 49)
+static inline i64 first_input_fast(i64 W, i64 n, i64 s, int k, double inv, double two_k, i64 *e) {
+    i64 q = (i64)(((double)W * two_k - (double)s) * inv);
+    i64 r = (i64)((((u64)W << k) - (u64)s) - (u64)q * (u64)n);
+    i64 low = -(i64)(r < 0);
+    q += low, r += low & n;
+    low = -(i64)(r < 0);
+    q += low, r += low & n;
+    const i64 high = -(i64)(r >= n);
+    q -= high, r -= high & n;
+    const i64 up = -(i64)(r > 0);
+    *e = up & (n - r);
+    return q - up;
+}
+
+/* The inverse multiply and pop over one block of m <= BLOCK elements whose magnitudes OR to `acc`: the fast
+ * loop where every |U| < 2^49, the split one otherwise. Returns the wrapping sum of V. */
+#define BLOCK 256
+#define POP_LOOP(first_input)                                                                                 \
+    for (i64 j = 0; j < m; j++) {                                                                              \
+        i64 e;                                                                                                 \
+        const i64 lo = first_input;                                                                            \
+        const i64 w = word[j], two = e < top, v = lo + (two & w);                                              \
+        V[j] = v;                                                                                              \
+        word_out[j] = two ? w >> 1 : w;                                                                        \
+        sum += (u64)v;                                                                                         \
+    }
+static inline u64 undamp_pop_block(const i64 *U, const i64 *word, i64 *V, i64 *word_out, i64 m, u64 acc, i64 n,
+                                   i64 s, int k) {
+    const i64 top = ((i64)1 << k) - n;
+    const double inv = 1.0 / (double)n, two_k = (double)((i64)1 << k);
+    u64 sum = 0;
+    if (acc < FAST_LIMIT) {
+        POP_LOOP(first_input_fast(U[j], n, s, k, inv, two_k, &e))
+    } else {
+        POP_LOOP(first_input_split(U[j], n, s, k, inv, &e))
+    }
+    return sum;
+}
+
+static inline i64 block_end(i64 start, i64 len) { return len - start < BLOCK ? len : start + BLOCK; }
+
 CLONES void undamp_pop2(const i64 *W, const i64 *word, i64 *V, i64 *word_out, i64 len, i64 n, i64 s, int k) {
-    const i64 mask = ((i64)1 << k) - 1, top = ((i64)1 << k) - n, one = (i64)1 << k;
-    const double inv = 1.0 / (double)n;
-    for (i64 i = 0; i < len; i++) {
-        i64 b, unused;
-        const i64 a = floor_divmod(W[i], n, inv, &b);
-        const i64 lo = a * one - floor_divmod(s - b * one, n, inv, &unused);
-        const i64 r = ((lo & mask) * n + s) & mask;
-        const i64 w = word[i], two = r < top;
-        V[i] = lo + (two & w);
-        word_out[i] = two ? w >> 1 : w;
+    for (i64 b0 = 0; b0 < len; b0 += BLOCK) {
+        const i64 m = block_end(b0, len) - b0;
+        u64 acc = 0;
+        for (i64 j = 0; j < m; j++)
+            acc |= magnitude(W[b0 + j]);
+        undamp_pop_block(W + b0, word + b0, V + b0, word_out + b0, m, acc, n, s, k);
     }
 }
 
@@ -252,24 +305,30 @@ CLONES void damp_kick_only(const i64 *V, const void *f, int f32, double scale, i
     flags[1] = flag(0, acc);
 }
 
-/* undamp_pop2(unkick(W)): the inverse of damp_kick2; sums[0] = sum(V). */
+/* undamp_pop2(unkick(W)): the inverse of damp_kick2; sums[0] = sum(V). Blocked so that the unkicked values,
+ * and the choice of the inverse multiply's loop, stay in L1. */
 CLONES void unkick_undamp2(const i64 *W, const i64 *word, const void *f, int f32, double scale, i64 *V,
                            i64 *word_out, i64 len, i64 n, i64 s, int k, i64 *sums) {
-    const i64 mask = ((i64)1 << k) - 1, top = ((i64)1 << k) - n, one = (i64)1 << k;
-    const double inv = 1.0 / (double)n;
+    i64 U[BLOCK];
     u64 sum = 0;
-    FOR_EACH_F(f, f32, {
-        i64 b, rem;
-        const i64 u = W[i] - increment(fi * scale);
-        const i64 a = floor_divmod(u, n, inv, &b);
-        const i64 lo = a * one - floor_divmod(s - b * one, n, inv, &rem);
-        const i64 r = ((lo & mask) * n + s) & mask;
-        const i64 w = word[i], two = r < top;
-        const i64 v = lo + (two & w);
-        V[i] = v;
-        word_out[i] = two ? w >> 1 : w;
-        sum += (u64)v;
-    })
+    for (i64 b0 = 0; b0 < len; b0 += BLOCK) {
+        const i64 m = block_end(b0, len) - b0;
+        u64 acc = 0;
+        if (f32) {
+            const float *ff = (const float *)f + b0;
+            for (i64 j = 0; j < m; j++) {
+                U[j] = W[b0 + j] - increment((double)ff[j] * scale);
+                acc |= magnitude(U[j]);
+            }
+        } else {
+            const double *fd = (const double *)f + b0;
+            for (i64 j = 0; j < m; j++) {
+                U[j] = W[b0 + j] - increment(fd[j] * scale);
+                acc |= magnitude(U[j]);
+            }
+        }
+        sum += undamp_pop_block(U, word + b0, V + b0, word_out + b0, m, acc, n, s, k);
+    }
     sums[0] = (i64)sum;
 }
 
