@@ -160,6 +160,26 @@ def test_fused_kernels_equal_their_compositions(nat, dtype, gamma, h):
     X_b, x_b, sum_xb, _ = nat.undrift_decode(X_n, V, h, dtype, 2.0**-44)
     assert torch.equal(X_b, X) and torch.equal(x_b, EAGER.decode(X, 2.0**-44, dtype))
     assert sum_xb == _wrapped(int(X.sum()))
+    X_f, W_f, word_f, x_f, *flags_f, sum_xf, sum_wf = nat.damp_kick_drift2(
+        X, V, word, n, s, K, f, scale, h, dtype, 2.0**-44)  # 30 000 elements: 29 blocks and a ragged one
+    X_c, W_c, word_c, x_c, *flags_c, _, _ = EAGER.damp_kick_drift2(X, V, word, n, s, K, f, scale, h, dtype, 2.0**-44)
+    assert all(torch.equal(a, b) for a, b in zip((X_f, W_f, word_f, x_f), (X_c, W_c, word_c, x_c)))
+    assert [_in_range(p) for p in flags_f] == [_in_range(p) for p in flags_c]
+    assert (sum_xf, sum_wf) == (_wrapped(int(X_c.sum())), _wrapped(int(W_c.sum())))
+
+
+def test_fused_drift_flags_a_value_in_any_block(nat):
+    """The range flags of the blocked kick-and-drift combine over blocks: a bad value in the last one counts."""
+    X, V, word = (torch.zeros(2500, dtype=torch.int64) for _ in range(3))
+    f = torch.zeros(2500, dtype=torch.float64)
+    n = fp.quantise(0.9, K)
+    assert all(_in_range(p) for p in nat.damp_kick_drift2(X, V, word, n, 0, K, f, 1.0, 1.0, torch.float64, 1.0)[4:8])
+    X[-1] = 2**62 - 1  # in range itself; a kick of 1 moves the velocity to 1 and the drift takes X' past 2^62 - 1
+    f[-1] = 1.0
+    flags = nat.damp_kick_drift2(X, V, word, n, 0, K, f, 1.0, 1.0, torch.float64, 1.0)[4:8]
+    assert [_in_range(p) for p in flags] == [True, True, True, False]
+    f[-1] = float("nan")
+    assert not _in_range(nat.damp_kick_drift2(X, V, word, n, 0, K, f, 1.0, 1.0, torch.float64, 1.0)[4])
 
 
 def test_out_of_range_and_non_finite_values_are_flagged(nat):

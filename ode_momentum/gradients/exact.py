@@ -232,6 +232,24 @@ class FixedPointArithmetic(QuantisedFloat):
         self.guard.record(peak_inc, peak_v)
         return W
 
+    def damp_kick_drift(self, X, V, g, c, f, h):
+        """:meth:`damp_kick` then :meth:`drift`, as one kernel on the fast path (same bits)."""
+        n, negate = self._factor(g)
+        if negate or not self._fast(n) or self.buffer is None:
+            V = self.damp_kick(V, g, c, f)
+            return self.drift(X, h, V), V
+        s = fp.dither(self.n_mul, self.k)
+        self.n_mul += 1
+        buf = self.buffer
+        buf.reserve(2)
+        X, V, buf.word, x, *flags, sum_x, sum_v = self.kern.damp_kick_drift2(
+            X, V, buf.word, n, s, self.k, f, c * 2.0**self.R, h, self.dtype, 2.0**-self.R
+        )
+        self.guard.record(*flags)
+        self.known.decoded(X, x)
+        self.known.sums(X, sum_x, V, sum_v)
+        return X, V
+
     def unkick_undamp(self, W, c, f, g):
         """The inverse of :meth:`damp_kick`, as one kernel on the fast path."""
         n, negate = self._factor(g)

@@ -41,7 +41,8 @@ class _Composed:
 
     ``damp_kick2`` / ``damp_kick_only`` / ``unkick_undamp2``: the damped kick ``v <- g v + c f`` and its
     inverse; ``drift_decode`` / ``undrift_decode``: a drift and the decoded result (what the next residual
-    evaluation reads). Signatures as in :class:`~ode_momentum.gradients.native.NativeKernels`.
+    evaluation reads); ``damp_kick_drift2``: a damped kick and the drift by the new velocity. Signatures as in
+    :class:`~ode_momentum.gradients.native.NativeKernels`.
     """
 
     def damp_kick2(self, V, word, n, s, k, f, scale):
@@ -63,6 +64,11 @@ class _Composed:
     def undrift_decode(self, X, V, h, dtype, scale):
         X = self.undrift(X, V, h)
         return X, self.decode(X, scale, dtype), None, None
+
+    def damp_kick_drift2(self, X, V, word, n, s, k, f, scale, h, dtype, dscale):
+        W, word, flag_inc, flag_w, sum_w = self.damp_kick2(V, word, n, s, k, f, scale)
+        X, x, flag_drift, flag_x, sum_x, _ = self.drift_decode(X, W, h, dtype, dscale)
+        return X, W, word, x, flag_inc, flag_w, flag_drift, flag_x, sum_x, sum_w
 
 
 class EagerKernels(_Composed):

@@ -404,3 +404,30 @@ CLONES void undrift_decode(const i64 *X, const i64 *V, double h, i64 *out, void 
     sums[0] = (i64)sx;
     sums[1] = (i64)sv;
 }
+
+/* drift_decode(damp_kick2(V)) in blocks of DRIFT_BLOCK elements, so that the drift reads the new velocity
+ * from L1 rather than from a second pass over memory: X' = X + h W, decoded. flags[0..1] as damp_kick2's,
+ * flags[2..3] as drift_decode's; sums[0] = sum(X'), sums[1] = sum(W). */
+#define DRIFT_BLOCK 1024
+CLONES void damp_kick_drift2(const i64 *V, const i64 *word, const void *f, int f32, double scale, const i64 *X,
+                             double h, i64 *W, i64 *word_out, i64 *X_out, void *decoded, int dec_f32,
+                             double dscale, i64 len, i64 n, i64 s, int k, double *flags, i64 *sums) {
+    const i64 f_size = f32 ? 4 : 8, dec_size = dec_f32 ? 4 : 8; /* bytes per element */
+    double block_flags[4];
+    i64 block_sums[2];
+    u64 sx = 0, sw = 0;
+    flags[0] = flags[1] = flags[2] = flags[3] = 0.0;
+    for (i64 b0 = 0; b0 < len; b0 += DRIFT_BLOCK) {
+        const i64 m = len - b0 < DRIFT_BLOCK ? len - b0 : DRIFT_BLOCK;
+        damp_kick2(V + b0, word + b0, (const char *)f + b0 * f_size, f32, scale, W + b0, word_out + b0, m, n, s,
+                   k, block_flags, block_sums);
+        drift_decode(X + b0, W + b0, h, X_out + b0, (char *)decoded + b0 * dec_size, dec_f32, dscale, m,
+                     block_flags + 2, block_sums);
+        for (int j = 0; j < 4; j++)
+            flags[j] = flags[j] > block_flags[j] ? flags[j] : block_flags[j];
+        sx += (u64)block_sums[0];
+        sw += (u64)block_sums[1];
+    }
+    sums[0] = (i64)sx;
+    sums[1] = (i64)sw;
+}

@@ -108,6 +108,9 @@ _SIGNATURES = {
                      + [ctypes.c_int, ctypes.c_double, ctypes.c_int64] + [ctypes.c_void_p] * 2, None),
     "undrift_decode": ([ctypes.c_void_p] * 2 + [ctypes.c_double] + [ctypes.c_void_p] * 2
                        + [ctypes.c_int, ctypes.c_double, ctypes.c_int64, ctypes.c_void_p], None),
+    "damp_kick_drift2": ([ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double, ctypes.c_void_p, ctypes.c_double]
+                         + [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_int64] * 3
+                         + [ctypes.c_int] + [ctypes.c_void_p] * 2, None),
 }
 
 
@@ -152,6 +155,7 @@ def library() -> ctypes.CDLL:
 # Out-parameter array types, made once: ctypes caches array types only weakly, so `(c_double * 2)()` in a
 # call would make a new type (a reference cycle) per call, left to the cyclic garbage collector.
 _DOUBLES2 = ctypes.c_double * 2
+_DOUBLES4 = ctypes.c_double * 4
 _INTS1 = ctypes.c_int64 * 1
 _INTS2 = ctypes.c_int64 * 2
 
@@ -276,3 +280,19 @@ class NativeKernels:
         self.lib.undrift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
                                 int(dtype == torch.float32), scale, X.numel(), sums)
         return out, x, sums[0], sums[1]
+
+    def damp_kick_drift2(self, X, V, word, n, s, k, f, scale, h, dtype, dscale):
+        """:meth:`damp_kick2` then :meth:`drift_decode` of the new velocity, in one pass of blocks:
+        ``(X', W, word', x, flag_inc, flag_w, flag_drift, flag_x, sum_x, sum_w)``."""
+        if dtype not in (torch.float32, torch.float64):
+            from .fixed_point_kernels import _Composed  # imports this module
+
+            return _Composed.damp_kick_drift2(self, X, V, word, n, s, k, f, scale, h, dtype, dscale)
+        X, V, word, (f, f32) = _state(X), _state(V), _state(word), _floats(f)
+        W, word_out, X_out = torch.empty_like(V), torch.empty_like(word), torch.empty_like(X)
+        x = torch.empty(X.shape, dtype=dtype)
+        flags, sums = _DOUBLES4(), _INTS2()
+        self.lib.damp_kick_drift2(V.data_ptr(), word.data_ptr(), f.data_ptr(), f32, scale, X.data_ptr(), h,
+                                  W.data_ptr(), word_out.data_ptr(), X_out.data_ptr(), x.data_ptr(),
+                                  int(dtype == torch.float32), dscale, X.numel(), n, s, k, flags, sums)
+        return X_out, W, word_out, x, flags[0], flags[1], flags[2], flags[3], sums[0], sums[1]

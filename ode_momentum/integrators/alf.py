@@ -74,9 +74,7 @@ class AsynchronousLeapfrog(AbstractReversibleIntegrator):
         (t_half,) = self._times(span)
         g = ops.coefficient(REFLECTION)
         x = ops.drift(x, 0.5 * span.h, v)
-        v = ops.damp_kick(v, g, 1.0 - g, func(t_half, x))
-        x = ops.drift(x, 0.5 * span.h, v)
-        return x, v
+        return ops.damp_kick_drift(x, v, g, 1.0 - g, func(t_half, x), 0.5 * span.h)
 
     def inverse_step(self, func, x, v, span, ops=FLOAT):
         (t_half,) = self._times(span)

@@ -11,7 +11,8 @@ Contract for implementers (numbered, as in scipy's ``OdeSolver``):
 2. Write ``step`` using only the primitive sub-flows of an arithmetic object ``ops``:
    ``ops.damp(v, g)`` (``v <- g v``), ``ops.kick(v, c, f)`` (``v <- v + c f``) and ``ops.drift(x, h, v)``
    (``x <- x + h v``), or the damped kick ``ops.damp_kick(v, g, c, f)`` (``v <- g v + c f``, the two in one,
-   which an arithmetic may run as one kernel). Nothing else may touch the state. Pass every damping factor through
+   which an arithmetic may run as one kernel), or ``ops.damp_kick_drift(x, v, g, c, f, h)`` (a damped kick
+   then a drift by the new velocity, likewise). Nothing else may touch the state. Pass every damping factor through
    ``g = ops.coefficient(g)`` first and derive the kick from the result (``c = 1 - g``), so that an arithmetic
    that can only multiply by certain numbers (the exact mode's dyadic rationals) keeps the scheme consistent.
    The float arithmetic below is the default; the exact (fixed-point) gradient mode swaps in its own, so a
@@ -79,6 +80,12 @@ class FloatArithmetic:
     def damp_kick(self, v: torch.Tensor, g: float, c: float, f: torch.Tensor) -> torch.Tensor:
         """``v <- g v + c f``: :meth:`damp` then :meth:`kick` (an arithmetic may fuse them)."""
         return self.kick(self.damp(v, g), c, f)
+
+    def damp_kick_drift(self, x: torch.Tensor, v: torch.Tensor, g: float, c: float, f: torch.Tensor, h: float):
+        """``v <- g v + c f``, then ``x <- x + h v``: :meth:`damp_kick` then :meth:`drift`; returns ``(x, v)``.
+        Undone by :meth:`undrift` then :meth:`unkick_undamp`."""
+        v = self.damp_kick(v, g, c, f)
+        return self.drift(x, h, v), v
 
     def unkick_undamp(self, v: torch.Tensor, c: float, f: torch.Tensor, g: float) -> torch.Tensor:
         """The inverse of :meth:`damp_kick`: :meth:`unkick` then :meth:`undamp`."""

@@ -34,8 +34,7 @@ class Leapfrog(AbstractReversibleIntegrator):
 
     def step(self, func, x, v, span, ops=FLOAT):
         g = ops.coefficient(self.damping(0.5 * span.h))
-        v = ops.damp_kick(v, g, 1.0 - g, func(span.t0, x))
-        x = ops.drift(x, span.h, v)
+        x, v = ops.damp_kick_drift(x, v, g, 1.0 - g, func(span.t0, x), span.h)
         v = ops.damp_kick(v, g, 1.0 - g, func(span.t1, x))
         return x, v
 

@@ -23,10 +23,7 @@ class _MomentumRule(AbstractReversibleIntegrator):
 
     def step(self, func, x, v, span, ops=FLOAT):
         g = ops.coefficient(self.damping(span.h))
-        f = func(span.t0, x)
-        v = ops.damp_kick(v, g, 1.0 - g, f)
-        x = ops.drift(x, span.h, v)
-        return x, v
+        return ops.damp_kick_drift(x, v, g, 1.0 - g, func(span.t0, x), span.h)
 
     def inverse_step(self, func, x, v, span, ops=FLOAT):
         g = ops.coefficient(self.damping(span.h))

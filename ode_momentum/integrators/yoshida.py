@@ -55,8 +55,7 @@ class Yoshida4(AbstractReversibleIntegrator):
 
     def step(self, func, x, v, span, ops=FLOAT):
         for t0, t1, s, g in self._substeps(span, ops):
-            v = ops.damp_kick(v, g, 1.0 - g, func(t0, x))
-            x = ops.drift(x, s, v)
+            x, v = ops.damp_kick_drift(x, v, g, 1.0 - g, func(t0, x), s)
             v = ops.damp_kick(v, g, 1.0 - g, func(t1, x))
         return x, v
 
