@@ -296,3 +296,19 @@ def test_compiled_kernels_agree_with_eager():
         (out_e, grads_e), (out_c, grads_c) = (_grads(make(k), x) for k in ("eager", "compiled"))
         assert torch.equal(out_e, out_c)
         assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("h", [1.0, 0.37, 2.5])
+def test_native_adjoint_undrift_is_torchs_arithmetic(nat, dtype, h):
+    """The reverse sweep's fused adjoint update rounds as the three torch operations it replaces."""
+    gen = torch.Generator().manual_seed(6)
+    ax, gx, av = (torch.randn(3000, generator=gen, dtype=torch.float64).mul(10.0**e).to(dtype) for e in (0, -2, 1))
+    for g in (0.9, 0.5, 1 - 2**-30, 0.123456789):
+        got_ax, got_av = native.adjoint_undrift(ax, gx, av, g, h)
+        want_ax = ax + gx
+        want_av = av * g + (want_ax if h == 1.0 else want_ax * h)
+        assert torch.equal(got_ax, want_ax) and torch.equal(got_av, want_av)
+    # not contiguous, or mixed dtypes: the caller's torch operations run instead
+    assert native.adjoint_undrift(ax[::2], gx[::2], av[::2], 0.9, h) is None
+    assert native.adjoint_undrift(ax, gx.to(torch.float16), av, 0.9, h) is None

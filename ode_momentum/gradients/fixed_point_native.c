@@ -431,3 +431,32 @@ CLONES void damp_kick_drift2(const i64 *V, const i64 *word, const void *f, int f
     sums[0] = (i64)sx;
     sums[1] = (i64)sw;
 }
+
+/* --- the float adjoint of the reverse sweep (gradients/reversal.py, _Adjoint) -------------------------------
+ * After a damped kick is undone, the adjoint takes ax' = ax + gx (the kick's vector-Jacobian product) and
+ * av' = g av; a drift undone next takes av'' = av' + h ax'. One pass instead of three torch operations, each
+ * product and sum rounded once in torch's order (g and h as torch converts a Python scalar for the dtype:
+ * (float)g for float32 tensors), so the adjoint is bit for bit torch's. unit_h: h == 1, where torch adds ax'
+ * itself. */
+#define ADJOINT_UNDRIFT(name, T)                                                                                \
+    CLONES void name(const T *ax, const T *gx, const T *av, double g, double h, int unit_h, T *ax_out,         \
+                     T *av_out, i64 len) {                                                                     \
+        const T gt = (T)g, ht = (T)h;                                                                          \
+        if (unit_h) {                                                                                          \
+            for (i64 i = 0; i < len; i++) {                                                                    \
+                const T a = ax[i] + gx[i];                                                                     \
+                const T damped = av[i] * gt;                                                                   \
+                ax_out[i] = a;                                                                                 \
+                av_out[i] = damped + a;                                                                        \
+            }                                                                                                  \
+        } else {                                                                                               \
+            for (i64 i = 0; i < len; i++) {                                                                    \
+                const T a = ax[i] + gx[i];                                                                     \
+                const T damped = av[i] * gt, shifted = a * ht;                                                 \
+                ax_out[i] = a;                                                                                 \
+                av_out[i] = damped + shifted;                                                                  \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+ADJOINT_UNDRIFT(adjoint_undrift_f32, float)
+ADJOINT_UNDRIFT(adjoint_undrift_f64, double)

@@ -108,6 +108,10 @@ _SIGNATURES = {
                      + [ctypes.c_int, ctypes.c_double, ctypes.c_int64] + [ctypes.c_void_p] * 2, None),
     "undrift_decode": ([ctypes.c_void_p] * 2 + [ctypes.c_double] + [ctypes.c_void_p] * 2
                        + [ctypes.c_int, ctypes.c_double, ctypes.c_int64, ctypes.c_void_p], None),
+    "adjoint_undrift_f32": ([ctypes.c_void_p] * 3 + [ctypes.c_double] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+                            + [ctypes.c_int64], None),
+    "adjoint_undrift_f64": ([ctypes.c_void_p] * 3 + [ctypes.c_double] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+                            + [ctypes.c_int64], None),
     "damp_kick_drift2": ([ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double, ctypes.c_void_p, ctypes.c_double]
                          + [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_int64] * 3
                          + [ctypes.c_int] + [ctypes.c_void_p] * 2, None),
@@ -147,6 +151,31 @@ def library() -> ctypes.CDLL:
             f"'eager'}} or 'auto' (same bits, slower), or {fix}."
         )
     return lib
+
+
+def adjoint_undrift(ax: torch.Tensor, gx: torch.Tensor, av: torch.Tensor, g: float, h: float):
+    """``(ax + gx, av * g + h (ax + gx))`` in one pass, bit for bit the torch operations (the float adjoint of an
+    undone damped kick followed by an undone drift; see ``reversal._Adjoint``). ``None`` where the native
+    library is unavailable or the tensors are not contiguous CPU float32 / float64 of one dtype and shape:
+    the caller then runs the torch operations."""
+    dtype = ax.dtype
+    if (
+        dtype not in (torch.float32, torch.float64)
+        or gx.dtype != dtype or av.dtype != dtype
+        or ax.device.type != "cpu" or gx.device.type != "cpu" or av.device.type != "cpu"
+        or ax.shape != gx.shape or ax.shape != av.shape
+        or not (ax.is_contiguous() and gx.is_contiguous() and av.is_contiguous())
+        or type(ax) is not torch.Tensor or type(gx) is not torch.Tensor or type(av) is not torch.Tensor
+    ):
+        return None
+    lib, _ = _load()
+    if lib is None:
+        return None
+    ax_out, av_out = torch.empty_like(ax), torch.empty_like(av)
+    kernel = lib.adjoint_undrift_f32 if dtype == torch.float32 else lib.adjoint_undrift_f64
+    kernel(ax.data_ptr(), gx.data_ptr(), av.data_ptr(), g, h, int(h == 1.0), ax_out.data_ptr(), av_out.data_ptr(),
+           ax.numel())
+    return ax_out, av_out
 
 
 # --- wrappers with the signatures of the eager kernels (fixed_point_kernels.py) ------------------------------
@@ -231,7 +260,7 @@ class NativeKernels:
         if dtype not in (torch.float32, torch.float64):
             return decode_scaled(X, scale, dtype)
         X = _state(X)
-        out = torch.empty(X.shape, dtype=dtype)
+        out = torch.empty_like(X, dtype=dtype)
         self.lib.decode(X.data_ptr(), out.data_ptr(), int(dtype == torch.float32), scale, X.numel())
         return out
 
@@ -265,7 +294,7 @@ class NativeKernels:
             X, flag_inc, flag_x = self.drift(X, V, h)
             return X, self.decode(X, scale, dtype), flag_inc, flag_x, None, None
         X, V = _state(X), _state(V)
-        out, x = torch.empty_like(X), torch.empty(X.shape, dtype=dtype)
+        out, x = torch.empty_like(X), torch.empty_like(X, dtype=dtype)
         flags, sums = _DOUBLES2(), _INTS2()
         self.lib.drift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
                               int(dtype == torch.float32), scale, X.numel(), flags, sums)
@@ -276,7 +305,7 @@ class NativeKernels:
             X = self.undrift(X, V, h)
             return X, self.decode(X, scale, dtype), None, None
         X, V = _state(X), _state(V)
-        out, x, sums = torch.empty_like(X), torch.empty(X.shape, dtype=dtype), _INTS2()
+        out, x, sums = torch.empty_like(X), torch.empty_like(X, dtype=dtype), _INTS2()
         self.lib.undrift_decode(X.data_ptr(), V.data_ptr(), h, out.data_ptr(), x.data_ptr(),
                                 int(dtype == torch.float32), scale, X.numel(), sums)
         return out, x, sums[0], sums[1]
@@ -290,7 +319,7 @@ class NativeKernels:
             return _Composed.damp_kick_drift2(self, X, V, word, n, s, k, f, scale, h, dtype, dscale)
         X, V, word, (f, f32) = _state(X), _state(V), _state(word), _floats(f)
         W, word_out, X_out = torch.empty_like(V), torch.empty_like(word), torch.empty_like(X)
-        x = torch.empty(X.shape, dtype=dtype)
+        x = torch.empty_like(X, dtype=dtype)
         flags, sums = _DOUBLES4(), _INTS2()
         self.lib.damp_kick_drift2(V.data_ptr(), word.data_ptr(), f.data_ptr(), f32, scale, X.data_ptr(), h,
                                   W.data_ptr(), word_out.data_ptr(), X_out.data_ptr(), x.data_ptr(),

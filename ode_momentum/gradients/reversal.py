@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import internal_assert
+from . import native
 from .replay_state import (
     AutocastState,
     ModuleMembers,
@@ -35,7 +36,7 @@ from .replay_state import (
     module_members,
     parameters_rebound,
 )
-from .trajectory import CheckedFunc, Trajectory, run_forward, stack_outputs
+from .trajectory import Trajectory, check_residual, run_forward, stack_outputs
 
 
 def check_reversible(integrator, hs, mode: str) -> None:
@@ -202,9 +203,41 @@ class _Adjoint:
 
     def __init__(self, inverse_ops, ax, av, sink: "_GradSink"):
         self.inv = inverse_ops
-        self.ax, self.av = ax, av
+        self._ax, self._av = ax, av
+        self._pending: tuple | None = None  # (gx, g): ax is _ax + gx and av is _av * g, not yet computed
         self.sink = sink
         self.records: dict[int, tuple] = {}  # id of a residual value handed to inverse_step -> its record
+
+    # An undone damped kick leaves ``ax + gx`` and ``g av`` pending; an undone drift right after computes them
+    # with its own ``av + h ax`` in one native pass (native.adjoint_undrift, same bits). Any other access first
+    # computes them with the torch operations.
+    def _flush(self) -> None:
+        if self._pending is not None:
+            gx, g = self._pending
+            self._pending = None
+            if gx is not None:
+                self._ax = self._ax + gx
+            self._av = self._av * g
+
+    @property
+    def ax(self) -> torch.Tensor:
+        self._flush()
+        return self._ax
+
+    @ax.setter
+    def ax(self, value: torch.Tensor) -> None:
+        self._flush()
+        self._ax = value
+
+    @property
+    def av(self) -> torch.Tensor:
+        self._flush()
+        return self._av
+
+    @av.setter
+    def av(self, value: torch.Tensor) -> None:
+        self._flush()
+        self._av = value
 
     def coefficient(self, g):
         return self.inv.coefficient(g)
@@ -214,26 +247,36 @@ class _Adjoint:
         return self.inv.undamp(v, g)
 
     def unkick(self, v, c, f):
-        self._pull_through_residual(c, f)
+        gx = self._pull_through_residual(c, f)
+        if gx is not None:
+            self.ax = self.ax + gx
         return self.inv.unkick(v, c, f)
 
     def unkick_undamp(self, v, c, f, g):
-        self._pull_through_residual(c, f)
-        self.av = self.av * g
+        gx = self._pull_through_residual(c, f)
+        self._pending = (gx, g)
         return self.inv.unkick_undamp(v, c, f, g)
 
     def _pull_through_residual(self, c, f):
-        """The kick's transpose: the cotangent ``c av`` of ``f``, through the recorded graph."""
+        """The kick's transpose: the cotangent ``c av`` of ``f``, through the recorded graph; the parameters'
+        gradients go to the sink, the state's (or ``None``) is returned."""
         value, rec = self.records[id(f)]
         internal_assert(value is f, "kicks use the residual values the recorder handed out")
-        if rec.out.requires_grad:
-            wrt = [rec.xd] + [self.sink.leaves[i] for i in rec.leaves]
-            grads = vjp(rec.out, wrt, self.av * c)
-            if grads[0] is not None:
-                self.ax = self.ax + grads[0]
-            self.sink.add(rec.leaves, grads[1:])
+        if not rec.out.requires_grad:
+            return None
+        wrt = [rec.xd] + [self.sink.leaves[i] for i in rec.leaves]
+        grads = vjp(rec.out, wrt, self.av * c)
+        self.sink.add(rec.leaves, grads[1:])
+        return grads[0]
 
     def undrift(self, x, h, v):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is not None:
+            fused = native.adjoint_undrift(self._ax, pending[0], self._av, pending[1], h)
+            if fused is not None:
+                self._ax, self._av = fused
+                return self.inv.undrift(x, h, v)
+        self._pending = pending
         self.av = self.av + (self.ax if h == 1.0 else self.ax * h)
         return self.inv.undrift(x, h, v)
 
@@ -286,21 +329,12 @@ class _Recorder:
         self.n_evals += 1
         xd = self.decode(x).detach().requires_grad_()
         with torch.enable_grad():
-            out = CheckedFunc(self._func, self._step)(t, xd)
+            out = check_residual(self._func(t, xd), xd, self._step)
         self._last = _Record(t, xd, out, self.sink.leaves_of(out, xd, self._step))
         return out
 
 
-_HOLDS_VARIABLE: dict[type, bool] = {}
-
-
-def _holds_variable(node) -> bool:
-    """Whether a graph node is a leaf accumulator (it has ``.variable``), cached per node type: looking the
-    attribute up on every other node would raise and catch an AttributeError each time."""
-    holds = _HOLDS_VARIABLE.get(type(node))
-    if holds is None:
-        holds = _HOLDS_VARIABLE[type(node)] = hasattr(node, "variable")
-    return holds
+_HOLDS_VARIABLE: dict[type, bool] = {}  # graph node type -> whether it is a leaf accumulator (has .variable)
 
 
 class _GradSink:
@@ -319,22 +353,27 @@ class _GradSink:
         """Indices of the inputs that ``out`` depends on; raise if it depends on any other tensor.
 
         A tensor that requires grad but is neither the state, a parameter of the layer nor a declared extra
-        would silently get no gradient in a memory-free mode: that is refused here.
+        would silently get no gradient in a memory-free mode: that is refused here. The walk runs once per
+        recorded evaluation, so it is kept lean: leaf accumulators are recognised by their type (cached; an
+        attribute lookup on every other node would raise and catch), and edges into non-leaf extras are
+        looked up only when there are such extras.
         """
-        if out.grad_fn is None:
+        root = out.grad_fn
+        if root is None:
             return []
-        found, seen = set(), set()
-        stack = [out.grad_fn]
+        holds, index, extra_nodes = _HOLDS_VARIABLE, self._index, self._nodes
+        found, seen, stack = set(), {root}, [root]
         while stack:
             node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            variable = node.variable if _holds_variable(node) else None
-            if variable is not None:
+            kind = type(node)
+            is_leaf = holds.get(kind)
+            if is_leaf is None:
+                is_leaf = holds[kind] = hasattr(node, "variable")
+            if is_leaf:
+                variable = node.variable
                 if variable is xd:
                     continue
-                i = self._index.get(id(variable))
+                i = index.get(id(variable))
                 if i is None:
                     raise RuntimeError(
                         f"the residual function of step {step} reads a tensor of shape "
@@ -345,11 +384,17 @@ class _GradSink:
                     )
                 found.add(i)
                 continue
-            for nxt, nr in node.next_functions:
-                i = self._nodes.get((nxt, nr))
-                if i is not None:
-                    found.add(i)
-                elif nxt is not None:
+            for edge in node.next_functions:
+                nxt = edge[0]
+                if nxt is None:
+                    continue
+                if extra_nodes:
+                    i = extra_nodes.get(edge)
+                    if i is not None:  # a non-leaf extra: the walk stops at its node
+                        found.add(i)
+                        continue
+                if nxt not in seen:
+                    seen.add(nxt)
                     stack.append(nxt)
         return sorted(found)
 

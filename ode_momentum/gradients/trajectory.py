@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_real, internal_assert
-from ..integrators import FLOAT, AbstractIntegrator, LastCall, Span
+from ..integrators import FLOAT, AbstractIntegrator, Span
 from ..integrators.base import Func
 
 
@@ -95,27 +95,21 @@ def stack_outputs(states: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(states, dim=0)
 
 
-class CheckedFunc:
-    """Evaluate ``func(t, x)`` and check that ``F`` has the shape and dtype of ``x`` (a user error otherwise)."""
-
-    def __init__(self, func: Func, step: int):
-        self.func = func
-        self.step = step
-
-    def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        f = self.func(t, x)
-        if not isinstance(f, torch.Tensor) or f.shape != x.shape:
-            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(
-                f"the residual function of step {self.step} must return a tensor of the state's shape "
-                f"{tuple(x.shape)}; got {got}. A residual block maps x to F(t, x) of the same shape."
-            )
-        if torch.promote_types(f.dtype, x.dtype) != x.dtype:
-            raise TypeError(
-                f"the residual function of step {self.step} returned dtype {f.dtype} for a state of dtype "
-                f"{x.dtype}; it would silently promote the whole solve. Cast the function (e.g. `.to({x.dtype})`)."
-            )
-        return f
+def check_residual(f, x: torch.Tensor, step: int) -> torch.Tensor:
+    """Return ``f``, the residual ``F`` step ``step`` computed at ``x``, after checking that it is a tensor of
+    ``x``'s shape and dtype (a user error otherwise: ``ValueError`` / ``TypeError`` naming the step)."""
+    if not isinstance(f, torch.Tensor) or f.shape != x.shape:
+        got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise ValueError(
+            f"the residual function of step {step} must return a tensor of the state's shape "
+            f"{tuple(x.shape)}; got {got}. A residual block maps x to F(t, x) of the same shape."
+        )
+    if f.dtype != x.dtype and torch.promote_types(f.dtype, x.dtype) != x.dtype:
+        raise TypeError(
+            f"the residual function of step {step} returned dtype {f.dtype} for a state of dtype "
+            f"{x.dtype}; it would silently promote the whole solve. Cast the function (e.g. `.to({x.dtype})`)."
+        )
+    return f
 
 
 def run_forward(
@@ -131,11 +125,12 @@ def run_forward(
     and an input that requires grad, keeping only the detached value. Kernels chosen by grad mode (a
     compiled function's training graph, fused attention) then round the same way in both directions.
     """
-    memos: dict[int, LastCall] = {}
+    evaluator = _Evaluator(on_eval, decode, as_recorded)
     saves = iter(traj.save_at)
     next_save = next(saves)
     xs, vs = [], []
     x, v = x0, v0
+    step, funcs, spans = traj.integrator.step, traj.funcs, traj.spans
     for n in range(traj.n_steps + 1):
         if on_step is not None:
             on_step(n, x, v)
@@ -145,28 +140,42 @@ def run_forward(
             next_save = next(saves, None)
         if n == traj.n_steps:
             break
-        func = traj.funcs[n]
-        memo = memos.get(id(func))
-        if memo is None:
-            memos.clear()  # a new function: earlier evaluations cannot be reused
-            memo = memos[id(func)] = LastCall(_Evaluator(func, n, on_eval, decode, as_recorded))
-        memo.func.step = n
-        x, v = traj.integrator.step(memo, x, v, traj.spans[n], ops)
+        evaluator.begin_step(funcs[n], n)
+        x, v = step(evaluator, x, v, spans[n], ops)
     return xs, vs
 
 
-class _Evaluator(CheckedFunc):
-    def __init__(self, func, step, on_eval, decode, as_recorded):
-        super().__init__(func, step)
+class _Evaluator:
+    """The ``func`` handed to ``step``: evaluates the current step's residual function (checked), and reuses
+    the last value while the function and the ``(t, x)`` objects are the same (first same as last:
+    :class:`~ode_momentum.integrators.LastCall`'s rule, kept inline to spare a call layer per evaluation)."""
+
+    def __init__(self, on_eval, decode, as_recorded):
         self.on_eval = on_eval
         self.decode = decode
         self.as_recorded = as_recorded
+        self.func = None
+        self.step = 0
+        self._key: tuple | None = None  # (t, x) of the last evaluation of self.func
+        self._value = None
+
+    def begin_step(self, func, n: int) -> None:
+        if func is not self.func:  # a new function: earlier evaluations cannot be reused
+            self.func, self._key, self._value = func, None, None
+        self.step = n
 
     def __call__(self, t, x):
+        key = self._key
+        if key is not None and key[0] is t and key[1] is x:
+            return self._value
         if self.on_eval is not None:
             self.on_eval()
-        x = x if self.decode is None else self.decode(x)
+        xd = x if self.decode is None else self.decode(x)
         if not self.as_recorded:
-            return super().__call__(t, x)
-        with torch.enable_grad():  # the graph is dropped at once: memory stays one evaluation deep
-            return super().__call__(t, x.detach().requires_grad_()).detach()
+            value = check_residual(self.func(t, xd), xd, self.step)
+        else:
+            with torch.enable_grad():  # the graph is dropped at once: memory stays one evaluation deep
+                xd = xd.detach().requires_grad_()
+                value = check_residual(self.func(t, xd), xd, self.step).detach()
+        self._key, self._value = (t, x), value
+        return value
