@@ -7,6 +7,7 @@ a package that cannot be installed is reported, with its reason, in every cell t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ode_momentum as om
 import ode_momentum.benchmarking.runner as runner
 from ode_momentum.benchmarking import BenchConfig, BenchPlan, StackSpec, add_bench_parser, all_methods, run_bench
 from ode_momentum.benchmarking import measure, packages
@@ -22,6 +24,7 @@ from ode_momentum.benchmarking.packages import PackageStatus
 from ode_momentum.benchmarking.report import FIGURES, REPORT_FILE, RESULTS_FILE, markdown
 from ode_momentum.benchmarking.runner import rewrite_report
 from ode_momentum.benchmarking.stacks import build_functions, converted, make_input
+from ode_momentum.gradients import native
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOP_KEYS = {"schema", "command", "quick", "date_utc", "seconds", "machine", "threads", "plan", "packages", "methods",
@@ -211,3 +214,23 @@ def test_config_rejects_bad_settings(tmp_path):
         BenchConfig(out=tmp_path, device="tpu")
     with pytest.raises(TypeError, match="`out` must be a folder path"):
         BenchConfig(out=3)
+
+
+def test_exact_floor_loop_computes_the_exact_modes_gradients():
+    """`benchmarks/exact_floor.py` times the exact mode's arithmetic without the engine; its claim to be a
+    floor holds only while its loop computes the same gradients, bit for bit."""
+    if not native.status()[0]:
+        pytest.skip(f"native kernels unavailable: {native.status()[1]}")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "exact_floor.py"
+    spec = importlib.util.spec_from_file_location("exact_floor", path)
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+                                 for _ in range(floor.DEPTH))
+    x = torch.randn(4, 8)
+    xx = x.clone().requires_grad_()
+    om.MomentumResNet(blocks, gamma=floor.GAMMA, gradient="exact")(xx).square().sum().backward()
+    gx, grads = floor.stripped_exact(blocks, x)
+    assert torch.equal(gx, xx.grad)
+    assert all(torch.equal(g, p.grad) for block, gs in zip(blocks, grads) for g, p in zip(gs, block.parameters()))
