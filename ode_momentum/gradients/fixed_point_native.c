@@ -4,8 +4,9 @@
  * torch kernels of fixed_point_kernels.py: every result is defined exactly (floor semantics; the
  * derivations are in fixed_point.py), so only speed differs. The loops are branch-free (the inverse multiply
  * picks one of two loops per block of 256) so that the compiler vectorises them; on x86-64 each is cloned
- * for AVX-512 / AVX2 / baseline and the best clone the CPU supports is picked at load time. Built on first use by native.py (no fast-math, no FMA
- * contraction: the few float operations must round exactly as torch's do) and called through ctypes.
+ * for AVX-512 / AVX2 / baseline and the best clone the CPU supports is picked at load time. Built on first
+ * use by native.py (no fast-math, no FMA contraction: the few float operations must round exactly as
+ * torch's do) and called through ctypes.
  *
  * Shared contracts: arrays hold `len` elements, are contiguous and do not alias; k is the dyadic exponent
  * of the damping factor n / 2^k with 2^12 <= n < 2^k <= 2^30 (the fast path of fixed_point.py: blocks of
