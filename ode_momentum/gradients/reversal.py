@@ -153,12 +153,15 @@ def _sweep(run: _Run, reverse, X, V, grad_xs, grad_vs, sink):
     k = len(saves) - 1
     adjoint = _Adjoint(reverse.ops, grad_xs[k], grad_vs[k], sink)
     k -= 1
-    recorder = _Recorder(run.rng, sink, run.system.decode, adjoint)
+    recorder = _Recorder(run.rng, sink, run.system.decode, adjoint, reverse)
     with torch.no_grad():  # the recorder turns autograd on for the residual evaluations only
         for n in range(traj.n_steps - 1, -1, -1):
             recorder.begin_step(traj.funcs[n], n)
             X, V = traj.integrator.inverse_step(recorder, X, V, traj.spans[n], ops=adjoint)
-            X, V = reverse.after_inverse(n, X, V)
+            X_n, V_n = reverse.after_inverse(n, X, V)
+            if X_n is not X or V_n is not V:  # a restart from a stored state (checkpoints)
+                recorder.state_replaced()
+            X, V = X_n, V_n
             if k >= 0 and saves[k] == n:
                 adjoint.ax = adjoint.ax + grad_xs[k]
                 adjoint.av = adjoint.av + grad_vs[k]
@@ -296,17 +299,25 @@ class _Recorder:
     value), kept inline: a ``LastCall`` of the bound ``self._evaluate`` stored on ``self`` would be a
     reference cycle, and every recorder with its last graph would then wait for the cyclic garbage
     collector, whose full passes cost milliseconds.
+
+    When the state system replaces the state between steps (a restart from a checkpoint), a scheme that
+    reuses its last evaluation (leapfrog: ``F(t_n, x_n)`` ends step ``n - 1`` and starts step ``n``) asks for
+    ``F`` at the same time again, at the stored state. That is the forward's same evaluation, recomputed: it
+    replays that evaluation's RNG state and is neither counted nor fingerprinted as another one (the state
+    system's ``evaluating_again()``).
     """
 
-    def __init__(self, rng: RNGLog, sink: "_GradSink", decode, adjoint: _Adjoint):
+    def __init__(self, rng: RNGLog, sink: "_GradSink", decode, adjoint: _Adjoint, reverse):
         self.rng = rng
         self.sink = sink
         self.decode = decode
         self.adjoint = adjoint
+        self.reverse = reverse
         self.n_evals = 0
         self._func = None
         self._key: tuple | None = None  # (t, x) of the last evaluation of self._func
         self._last: _Record | None = None
+        self._replaced = False  # the state system replaced the state since the last call
 
     def begin_step(self, func, n):
         if func is not self._func:
@@ -315,23 +326,31 @@ class _Recorder:
         self._step = n
         self.adjoint.records.clear()
 
+    def state_replaced(self) -> None:
+        self._replaced = True
+
     def __call__(self, t, x):
         key = self._key
         if key is None or key[0] is not t or key[1] is not x:
-            self._evaluate(t, x)
+            if self._replaced and key is not None and key[0] is t:
+                with self.reverse.evaluating_again():
+                    self._evaluate(t, x, self.n_evals - 1)
+            else:
+                self._evaluate(t, x, self.n_evals)
+                self.n_evals += 1
             self._key = (t, x)
+        self._replaced = False
         value = self._last.out.detach()
         self.adjoint.records[id(value)] = (value, self._last)
         return value
 
-    def _evaluate(self, t, x):
-        self.rng.restore(len(self.rng) - 1 - self.n_evals)
-        self.n_evals += 1
+    def _evaluate(self, t, x, j: int) -> None:
+        """Record the backward's ``j``-th evaluation, which recomputes the forward's ``K-1-j``-th."""
+        self.rng.restore(len(self.rng) - 1 - j)
         xd = self.decode(x).detach().requires_grad_()
         with torch.enable_grad():
             out = check_residual(self._func(t, xd), xd, self._step)
         self._last = _Record(t, xd, out, self.sink.leaves_of(out, xd, self._step))
-        return out
 
 
 _HOLDS_VARIABLE: dict[type, bool] = {}  # graph node type -> whether it is a leaf accumulator (has .variable)

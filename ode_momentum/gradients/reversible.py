@@ -30,6 +30,7 @@ All findings warn (``on_drift="warn"``) or raise (``"raise"``); ``"ignore"`` swi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -204,6 +205,20 @@ class _FloatReverse:
         self.system, self.x0, self.stored = system, x0, stored
         self.measured: dict[int, float] = {}  # step -> exact relative error (max norm) of the reconstructed x_n
         self.worst = 0.0
+
+    @contextlib.contextmanager
+    def evaluating_again(self):
+        """The recorder recomputes, at a stored state, an evaluation it already recorded (a scheme's first same
+        as last after a restart): not fingerprinted, the probe pairs each forward evaluation with one."""
+        probe = self.system.probe
+        phase = None if probe is None else probe.phase
+        if probe is not None:
+            probe.phase = None
+        try:
+            yield
+        finally:
+            if probe is not None:
+                probe.phase = phase
 
     def after_inverse(self, n, x, v):
         if self.system.probe is not None:
