@@ -257,6 +257,24 @@ def test_exact_mode_outputs_and_gradients_equal_across_kernels(nat, gamma, dtype
     assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
 
 
+def test_inputs_in_other_layouts_give_the_same_bits_across_kernels(nat):
+    """A channels_last or transposed input: the state is held row-major, so every kernel implementation hands
+    the residuals the same layout and convolutions and matmuls round alike (they did not before)."""
+    torch.manual_seed(1)
+    conv = [nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()) for _ in range(4)]
+    mlp = [nn.Sequential(nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 256)).double() for _ in range(3)]
+    inputs = [(conv, torch.randn(2, 3, 11, 13).to(memory_format=torch.channels_last) * 10),
+              (mlp, torch.randn(256, 128, dtype=torch.float64).t())]
+    for blocks, x in inputs:
+        results = []
+        for kernels in ("eager", "native"):
+            net = om.MomentumResNet(blocks, gamma=0.9, gradient="exact", gradient_options={"kernels": kernels})
+            results.append(_grads(net, x))
+        (out_e, grads_e), (out_n, grads_n) = results
+        assert torch.equal(out_e, out_n)
+        assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
+
+
 class _Field(nn.Module):
     def __init__(self):
         super().__init__()

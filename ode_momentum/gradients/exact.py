@@ -398,7 +398,9 @@ class FixedPointSystem:
                     f"2^(62 - frac_bits) = {limit:g}. Normalise the input or lower `frac_bits` in "
                     "gradient_options."
                 )
-        return fp.encode(x0.detach(), self.R), fp.encode(v0.detach(), self.R)
+        # Row-major, whatever the input's layout (channels_last, a transpose): every kernel implementation then
+        # hands the residual functions the same layout, and convolutions and matmuls round the same way.
+        return fp.encode(x0.detach().contiguous(), self.R), fp.encode(v0.detach().contiguous(), self.R)
 
     def decode(self, X):
         x = self.known.take_decoded(X)
