@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_real, internal_assert
-from ..integrators import FLOAT, AbstractIntegrator, Span
+from ..integrators import FLOAT, AbstractIntegrator, LastCall, Span
 from ..integrators.base import Func
 
 
@@ -125,12 +125,11 @@ def run_forward(
     and an input that requires grad, keeping only the detached value. Kernels chosen by grad mode (a
     compiled function's training graph, fused attention) then round the same way in both directions.
     """
-    evaluator = _Evaluator(on_eval, decode, as_recorded)
+    memo: LastCall | None = None
     saves = iter(traj.save_at)
     next_save = next(saves)
     xs, vs = [], []
     x, v = x0, v0
-    step, funcs, spans = traj.integrator.step, traj.funcs, traj.spans
     for n in range(traj.n_steps + 1):
         if on_step is not None:
             on_step(n, x, v)
@@ -140,42 +139,31 @@ def run_forward(
             next_save = next(saves, None)
         if n == traj.n_steps:
             break
-        evaluator.begin_step(funcs[n], n)
-        x, v = step(evaluator, x, v, spans[n], ops)
+        func = traj.funcs[n]
+        if memo is None or memo.func.func is not func:  # a new function: earlier evaluations cannot be reused
+            memo = LastCall(_Evaluator(func, on_eval, decode, as_recorded))
+        memo.func.step = n
+        x, v = traj.integrator.step(memo, x, v, traj.spans[n], ops)
     return xs, vs
 
 
 class _Evaluator:
-    """The ``func`` handed to ``step``: evaluates the current step's residual function (checked), and reuses
-    the last value while the function and the ``(t, x)`` objects are the same (first same as last:
-    :class:`~ode_momentum.integrators.LastCall`'s rule, kept inline to spare a call layer per evaluation)."""
+    """One residual function as ``step`` evaluates it: decoded input, checked output, and, ``as_recorded``,
+    autograd on with the graph dropped at once."""
 
-    def __init__(self, on_eval, decode, as_recorded):
+    def __init__(self, func, on_eval, decode, as_recorded):
+        self.func = func
+        self.step = 0
         self.on_eval = on_eval
         self.decode = decode
         self.as_recorded = as_recorded
-        self.func = None
-        self.step = 0
-        self._key: tuple | None = None  # (t, x) of the last evaluation of self.func
-        self._value = None
-
-    def begin_step(self, func, n: int) -> None:
-        if func is not self.func:  # a new function: earlier evaluations cannot be reused
-            self.func, self._key, self._value = func, None, None
-        self.step = n
 
     def __call__(self, t, x):
-        key = self._key
-        if key is not None and key[0] is t and key[1] is x:
-            return self._value
         if self.on_eval is not None:
             self.on_eval()
-        xd = x if self.decode is None else self.decode(x)
+        x = x if self.decode is None else self.decode(x)
         if not self.as_recorded:
-            value = check_residual(self.func(t, xd), xd, self.step)
-        else:
-            with torch.enable_grad():  # the graph is dropped at once: memory stays one evaluation deep
-                xd = xd.detach().requires_grad_()
-                value = check_residual(self.func(t, xd), xd, self.step).detach()
-        self._key, self._value = (t, x), value
-        return value
+            return check_residual(self.func(t, x), x, self.step)
+        with torch.enable_grad():  # the graph is dropped at once: memory stays one evaluation deep
+            x = x.detach().requires_grad_()
+            return check_residual(self.func(t, x), x, self.step).detach()
