@@ -273,14 +273,15 @@ class _Adjoint:
         return grads[0]
 
     def undrift(self, x, h, v):
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] is not None:
-            fused = native.adjoint_undrift(self._ax, pending[0], self._av, pending[1], h)
-            if fused is not None:
-                self._ax, self._av = fused
-                return self.inv.undrift(x, h, v)
-        self._pending = pending
-        self.av = self.av + (self.ax if h == 1.0 else self.ax * h)
+        fused = None
+        if self._pending is not None and self._pending[0] is not None:
+            gx, g = self._pending
+            fused = native.adjoint_undrift(self._ax, gx, self._av, g, h)  # None where it does not apply
+        if fused is not None:
+            self._pending = None
+            self._ax, self._av = fused
+        else:
+            self.av = self.av + (self.ax if h == 1.0 else self.ax * h)
         return self.inv.undrift(x, h, v)
 
 

@@ -12,8 +12,8 @@ Contract for implementers (numbered, as in scipy's ``OdeSolver``):
    ``ops.damp(v, g)`` (``v <- g v``), ``ops.kick(v, c, f)`` (``v <- v + c f``) and ``ops.drift(x, h, v)``
    (``x <- x + h v``), or the damped kick ``ops.damp_kick(v, g, c, f)`` (``v <- g v + c f``, the two in one,
    which an arithmetic may run as one kernel), or ``ops.damp_kick_drift(x, v, g, c, f, h)`` (a damped kick
-   then a drift by the new velocity, likewise). Nothing else may touch the state. Pass every damping factor through
-   ``g = ops.coefficient(g)`` first and derive the kick from the result (``c = 1 - g``), so that an arithmetic
+   then a drift by the new velocity, likewise). Nothing else may touch the state. Pass every damping factor
+   through ``g = ops.coefficient(g)`` first and derive the kick from the result (``c = 1 - g``), so that an arithmetic
    that can only multiply by certain numbers (the exact mode's dyadic rationals) keeps the scheme consistent.
    The float arithmetic below is the default; the exact (fixed-point) gradient mode swaps in its own, so a
    scheme written this way is bit-exactly reversible for free.
