@@ -238,6 +238,13 @@ def _grads(model, x):
     return out.detach(), grads
 
 
+def _assert_same_bits(make, x, kernels=("eager", "native")):
+    """``make(kernels)`` builds the model with each kernel implementation: outputs and gradients are equal."""
+    (out_a, grads_a), (out_b, grads_b) = (_grads(make(k), x) for k in kernels)
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
 def _block(d):
     return nn.Sequential(nn.Linear(d, d), nn.BatchNorm1d(d), nn.Tanh(), nn.Dropout(0.1), nn.Linear(d, d))
 
@@ -248,13 +255,8 @@ def test_exact_mode_outputs_and_gradients_equal_across_kernels(nat, gamma, dtype
     torch.manual_seed(0)
     blocks = [_block(16).to(dtype) for _ in range(12)]
     x = torch.randn(32, 16, dtype=dtype)
-    results = []
-    for kernels in ("eager", "native"):
-        net = om.MomentumResNet(blocks, gamma=gamma, gradient="exact", gradient_options={"kernels": kernels})
-        results.append(_grads(net, x))
-    (out_e, grads_e), (out_n, grads_n) = results
-    assert torch.equal(out_e, out_n)
-    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
+    _assert_same_bits(lambda kernels: om.MomentumResNet(blocks, gamma=gamma, gradient="exact",
+                                                        gradient_options={"kernels": kernels}), x)
 
 
 def test_inputs_in_other_layouts_give_the_same_bits_across_kernels(nat):
@@ -266,13 +268,8 @@ def test_inputs_in_other_layouts_give_the_same_bits_across_kernels(nat):
     inputs = [(conv, torch.randn(2, 3, 11, 13).to(memory_format=torch.channels_last) * 10),
               (mlp, torch.randn(256, 128, dtype=torch.float64).t())]
     for blocks, x in inputs:
-        results = []
-        for kernels in ("eager", "native"):
-            net = om.MomentumResNet(blocks, gamma=0.9, gradient="exact", gradient_options={"kernels": kernels})
-            results.append(_grads(net, x))
-        (out_e, grads_e), (out_n, grads_n) = results
-        assert torch.equal(out_e, out_n)
-        assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
+        _assert_same_bits(lambda kernels: om.MomentumResNet(blocks, gamma=0.9, gradient="exact",
+                                                            gradient_options={"kernels": kernels}), x)
 
 
 class _Field(nn.Module):
@@ -288,13 +285,8 @@ def test_continuous_depth_leapfrog_agrees_across_kernels(nat):
     """Leapfrog with h != 1: scaled drifts and two damping factors per step."""
     torch.manual_seed(1)
     field, x = _Field(), torch.randn(4, 8, dtype=torch.float64)
-    results = []
-    for kernels in ("eager", "native"):
-        layer = om.MomentumODE(field, eps=0.3, n_steps=15, gradient="exact", gradient_options={"kernels": kernels})
-        results.append(_grads(layer, x))
-    (out_e, grads_e), (out_n, grads_n) = results
-    assert torch.equal(out_e, out_n)
-    assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_n))
+    _assert_same_bits(lambda kernels: om.MomentumODE(field, eps=0.3, n_steps=15, gradient="exact",
+                                                     gradient_options={"kernels": kernels}), x)
 
 
 @pytest.mark.slow
@@ -311,9 +303,7 @@ def test_compiled_kernels_agree_with_eager():
         lambda kernels: om.MomentumODE(field, eps=0.3, n_steps=5, gradient="exact",
                                        gradient_options={"kernels": kernels}),
     ):
-        (out_e, grads_e), (out_c, grads_c) = (_grads(make(k), x) for k in ("eager", "compiled"))
-        assert torch.equal(out_e, out_c)
-        assert all(torch.equal(a, b) for a, b in zip(grads_e, grads_c))
+        _assert_same_bits(make, x, kernels=("eager", "compiled"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
